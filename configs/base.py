@@ -1,0 +1,76 @@
+"""Settings shared by every LMR config: the paper's model and loss (arXiv 2405.12540, Sec. IV-B).
+
+Dataset configs (qvh.py, charades.py, synthetic.py) start from ``get_base_config()`` and set their data.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = ""  # used in logs and file names only
+  config.data.feat_root = ""
+  config.data.annotation_files = ml_collections.ConfigDict({"train": "", "val": "", "test": ""})
+  config.data.visual_streams = ("slowfast_features", "clip_features")
+  config.data.visual_dims = (2304, 512)
+  config.data.query_feat_dir = "clip_text_features"
+  config.data.query_dim = 512
+  config.data.caption_feat_dir = "caption_features"
+  config.data.caption_query_feat_dir = "caption_query_features"
+  config.data.caption_dim = 4096  # Llama-7B's embedding width
+  config.data.clip_len = 2.0
+  config.data.max_clips = 75
+  config.data.max_query_tokens = 32
+  config.data.max_windows = 5
+  config.data.use_tef = True
+  config.data.preload = True  # read and validate every feature file once, before training
+  config.data.generate_synthetic = False  # write the synthetic benchmark first if it is missing
+
+  config.model = ml_collections.ConfigDict()
+  config.model.hidden_dim = 256
+  config.model.num_heads = 8
+  config.model.ffn_dim = 256  # "no FFN expansion"
+  config.model.num_encoder_layers = 2
+  config.model.num_decoder_layers = 2
+  config.model.num_queries = 10  # k
+  config.model.dropout = 0.1
+  config.model.input_dropout = 0.5
+  # Ablations (paper Tab. V/VI); each switches a real code path in lmr_jax/model/lmr.py.
+  config.model.use_caption_context = True  # False: w/o VCE
+  config.model.use_visual = True  # False: w/o VFE (the visual stream does not enter the context)
+  config.model.language_queries = True  # False: w/o LMQ (learned, randomly initialised queries)
+  config.model.share_vqf = True  # False: w/o WS (separate visual and caption VQF weights)
+  config.model.use_vqf = True  # False: w/o VQF (context tokens skip the query fusion)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.span_l1 = 10.0
+  config.loss.span_giou = 1.0
+  config.loss.label = 4.0
+  config.loss.background_weight = 0.1  # CE weight of the "no moment" class, as DETR's eos_coef
+  config.loss.saliency_margin = 0.2
+  config.loss.saliency_hinge = 1.0
+  config.loss.saliency_rank_contrastive = 1.0
+  config.loss.rank_contrastive_temperature = 0.5
+  config.loss.saliency_inter_video = 1.0
+  config.loss.aux_layers = True  # the same losses on every decoder layer's output
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-4
+  config.optim.weight_decay = 1e-4
+  config.optim.grad_clip_norm = 0.1
+  config.optim.warmup_steps = 0
+  config.optim.schedule = "constant"  # or "cosine"
+
+  config.batch_size = 32
+  config.num_epochs = 200
+  config.eval_batch_size = 64
+  config.eval_every_epochs = 5
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.best_metric = "MR-full-mAP"
+  config.eval_split = "val"
+  return config

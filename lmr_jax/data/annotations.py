@@ -1,0 +1,108 @@
+"""QVHighlights-style JSON Lines annotations (QVHighlights, Charades-STA, synthetic).
+
+One query per line: ``qid, query, duration, vid`` and, for labelled splits, ``relevant_windows`` (seconds),
+``relevant_clip_ids`` and ``saliency_scores`` (three annotators per clip, QVHighlights only). Every problem
+is reported as one ``DataError`` line naming the file and line, before anything is trained on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+
+class DataError(ValueError):
+  """Bad input data; the message is one line naming the file and the line, qid or key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryAnnotation:
+  qid: int
+  query: str
+  vid: str
+  duration: float
+  windows: tuple[tuple[float, float], ...]  # seconds; empty for unlabelled (test) splits
+  relevant_clip_ids: tuple[int, ...]
+  saliency_scores: tuple[tuple[int, ...], ...]  # per relevant clip, one score per annotator
+  source: str  # "file:line", for error messages downstream
+
+  @property
+  def has_labels(self) -> bool:
+    return bool(self.windows)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def parse_annotation(record: dict, source: str) -> QueryAnnotation:
+  """Validates one decoded line; ``source`` is "path:line" and starts every error message."""
+  if not isinstance(record, dict):
+    raise DataError(f"{source}: expected a JSON object, got {type(record).__name__}")
+  for key in ("qid", "query", "duration", "vid"):
+    if key not in record:
+      raise DataError(f"{source}: missing key '{key}'")
+  qid = record["qid"]
+  if not isinstance(qid, int) or isinstance(qid, bool):
+    raise DataError(f"{source}: 'qid' must be an integer, got {qid!r}")
+  query = record["query"]
+  if not isinstance(query, str) or not query.strip():
+    raise DataError(f"{source}: qid {qid}: empty query")
+  duration = record["duration"]
+  if not _is_number(duration) or duration <= 0:
+    raise DataError(f"{source}: qid {qid}: 'duration' must be a positive number, got {duration!r}")
+  vid = record["vid"]
+  if not isinstance(vid, str) or not vid:
+    raise DataError(f"{source}: qid {qid}: 'vid' must be a non-empty string")
+
+  windows = []
+  for w in record.get("relevant_windows", []):
+    if not (isinstance(w, list) and len(w) == 2 and all(_is_number(x) for x in w)):
+      raise DataError(f"{source}: qid {qid}: window {w!r} is not [start, end]")
+    start, end = float(w[0]), float(w[1])
+    if not 0.0 <= start < end <= duration:
+      raise DataError(
+          f"{source}: qid {qid}: window [{start}, {end}] is outside [0, duration={duration}] or empty")
+    windows.append((start, end))
+
+  clip_ids = record.get("relevant_clip_ids", [])
+  scores = record.get("saliency_scores", [])
+  if len(clip_ids) != len(scores):
+    raise DataError(f"{source}: qid {qid}: {len(clip_ids)} relevant_clip_ids but "
+                    f"{len(scores)} saliency_scores")
+  for cid, s in zip(clip_ids, scores):
+    if not isinstance(cid, int) or cid < 0:
+      raise DataError(f"{source}: qid {qid}: bad relevant_clip_id {cid!r}")
+    if not (isinstance(s, list) and s and all(isinstance(x, int) and 0 <= x <= 4 for x in s)):
+      raise DataError(f"{source}: qid {qid}: saliency scores {s!r} must be integers in [0, 4]")
+  return QueryAnnotation(
+      qid=qid, query=query, vid=vid, duration=float(duration), windows=tuple(windows),
+      relevant_clip_ids=tuple(clip_ids), saliency_scores=tuple(tuple(s) for s in scores),
+      source=source)
+
+
+def load_annotations(path: str | os.PathLike) -> list[QueryAnnotation]:
+  """Reads every line of a QVHighlights-style jsonl file; duplicate qids are an error."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise DataError(f"{path}: annotation file not found")
+  annotations, seen = [], {}
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      source = f"{path}:{line_number}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{source}: malformed JSON ({e.msg} at column {e.colno})") from None
+      ann = parse_annotation(record, source)
+      if ann.qid in seen:
+        raise DataError(f"{source}: duplicate qid {ann.qid} (first at line {seen[ann.qid]})")
+      seen[ann.qid] = line_number
+      annotations.append(ann)
+  if not annotations:
+    raise DataError(f"{path}: no annotations")
+  return annotations

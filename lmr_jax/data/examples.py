@@ -1,0 +1,138 @@
+"""Turns one annotated query plus its features into fixed-shape arrays with explicit masks.
+
+Everything is padded to the config's maxima (clips, query tokens, windows) so that batches have static
+shapes under ``jax.jit``; masks, never sentinel values, mark what is real.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from lmr_jax.data import features as features_lib
+from lmr_jax.data.annotations import DataError, QueryAnnotation
+
+
+def clip_windows(ann: QueryAnnotation, num_clips: int, clip_len: float) -> tuple[np.ndarray, float]:
+  """The query's windows (seconds) restricted to the kept clips, and the duration they cover."""
+  duration = min(ann.duration, num_clips * clip_len)
+  windows = np.asarray(ann.windows, dtype=np.float32).reshape(-1, 2)
+  windows = windows[windows[:, 0] < duration]
+  windows[:, 1] = np.minimum(windows[:, 1], duration)
+  return windows, duration
+
+
+def _pad(x: np.ndarray, length: int) -> np.ndarray:
+  out = np.zeros((length,) + x.shape[1:], dtype=x.dtype)
+  out[:x.shape[0]] = x
+  return out
+
+
+def _mask(n: int, length: int) -> np.ndarray:
+  return np.arange(length) < n
+
+
+class ExampleSource:
+  """Random access to padded examples of one split (``len`` and ``example(i, rng)``).
+
+  With ``preload`` every feature file is read and validated once at construction, so a bad file fails
+  before training starts, and epochs read from memory.
+  """
+
+  def __init__(self, annotations: list[QueryAnnotation], spec: features_lib.FeatureSpec, *,
+               with_captions: bool, max_windows: int, training: bool, preload: bool = True):
+    self.spec = spec
+    self.with_captions = with_captions
+    self.max_windows = max_windows
+    self.training = training
+    self._videos: dict[str, features_lib.VideoFeatures] = {}
+    self._tokens: dict[tuple[int, bool], np.ndarray] = {}
+    self.annotations: list[QueryAnnotation] = []
+    truncated, dropped = 0, 0
+    for ann in annotations:
+      num_clips = spec.max_clips  # an upper bound until the video is read
+      if preload:
+        video = self._video(ann.vid)
+        self._query_tokens(ann.qid, False)
+        if with_captions:
+          self._query_tokens(ann.qid, True)
+        num_clips = video.visual.shape[0]
+        truncated += video.num_clips_on_disk > spec.max_clips
+      if training and not len(clip_windows(ann, num_clips, spec.clip_len)[0]):
+        dropped += 1
+        continue
+      self.annotations.append(ann)
+    if truncated:
+      logging.warning("%d queries have videos longer than max_clips=%d: truncated to the first %d "
+                      "clips", truncated, spec.max_clips, spec.max_clips)
+    if dropped:
+      logging.warning("%d training queries dropped: no labelled window (or none left after "
+                      "truncation to max_clips=%d)", dropped, spec.max_clips)
+    if not self.annotations:
+      raise DataError("no usable queries in this split")
+
+  def __len__(self) -> int:
+    return len(self.annotations)
+
+  def _video(self, vid: str) -> features_lib.VideoFeatures:
+    if vid not in self._videos:
+      self._videos[vid] = features_lib.load_video(self.spec, vid, self.with_captions)
+    return self._videos[vid]
+
+  def _query_tokens(self, qid: int, caption_encoder: bool) -> np.ndarray:
+    key = (qid, caption_encoder)
+    if key not in self._tokens:
+      self._tokens[key] = features_lib.load_query_tokens(self.spec, qid, caption_encoder)
+    return self._tokens[key]
+
+  def example(self, index: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Padded arrays of query ``index``; ``rng`` picks a random window subset in training."""
+    ann, spec = self.annotations[index], self.spec
+    video = self._video(ann.vid)
+    num_clips = video.visual.shape[0]
+    max_clips, max_tokens = spec.max_clips, spec.max_query_tokens
+    windows, duration = clip_windows(ann, num_clips, spec.clip_len)
+    if self.training and not len(windows):
+      raise DataError(f"{ann.source}: qid {ann.qid}: no window inside the first {num_clips} clips")
+    if len(windows) > self.max_windows:
+      keep = (rng.choice(len(windows), self.max_windows, replace=False) if rng is not None
+              else np.arange(self.max_windows))
+      windows = windows[np.sort(keep)]
+    tokens = self._query_tokens(ann.qid, False)
+    out = {
+        "video_feats": _pad(video.visual, max_clips),
+        "video_mask": _mask(num_clips, max_clips),
+        "query_feats": _pad(tokens, max_tokens),
+        "query_mask": _mask(len(tokens), max_tokens),
+        "windows": _pad(windows / duration, self.max_windows).astype(np.float32),
+        "window_mask": _mask(len(windows), self.max_windows),
+        "saliency": _pad(self._saliency(ann, windows, num_clips), max_clips),
+        "duration": np.float32(duration),
+        "qid": np.int32(ann.qid),
+        "example_mask": np.bool_(True),
+    }
+    if self.with_captions:
+      caption_tokens = self._query_tokens(ann.qid, True)
+      out["caption_feats"] = _pad(video.caption, max_clips)
+      out["caption_query_feats"] = _pad(caption_tokens, max_tokens)
+      out["caption_query_mask"] = _mask(len(caption_tokens), max_tokens)
+    return out
+
+  def _saliency(self, ann: QueryAnnotation, windows_sec: np.ndarray, num_clips: int) -> np.ndarray:
+    """Per-clip saliency label: QVH's annotator scores summed (0..12); without scores
+    (Charades-STA) clips overlapping a window are 1 and the rest 0."""
+    saliency = np.zeros(num_clips, np.float32)
+    if ann.saliency_scores:
+      for cid, scores in zip(ann.relevant_clip_ids, ann.saliency_scores):
+        if cid < num_clips:
+          saliency[cid] = sum(scores)
+    else:
+      starts = np.arange(num_clips) * self.spec.clip_len
+      for st, ed in windows_sec:
+        saliency[(starts + self.spec.clip_len > st) & (starts < ed)] = 1.0
+    return saliency
+
+  def element_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shapes and dtypes of ``example``'s arrays, for tf.data."""
+    return {k: (v.shape, v.dtype) for k, v in self.example(0).items()}

@@ -1,0 +1,120 @@
+"""tf.data input pipelines over an ``ExampleSource``: seeded, per-process sharded, resumable.
+
+The training order is a pure function of (seed, epoch): epoch ``e`` visits the permutation
+``default_rng([seed, e])``, each process takes every ``process_count``-th index, and a run resumed at
+(epoch, step) rebuilds that epoch and starts at its ``step``-th batch, so a resumed run sees exactly the
+batches an uninterrupted one would. Evaluation keeps every query: the last batch is padded and
+``example_mask`` marks the real rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from lmr_jax.data.examples import ExampleSource  # noqa: E402
+
+# tf.data must never take a GPU away from JAX.
+tf.config.set_visible_devices([], "GPU")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPosition:
+  """Where the training stream stands: the next batch is batch ``step`` of epoch ``epoch``."""
+  epoch: int = 0
+  step: int = 0
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Full global batches per epoch (the remainder is left out of that epoch's permutation)."""
+  steps = num_examples // global_batch_size
+  if steps == 0:
+    raise ValueError(f"batch_size {global_batch_size} is larger than the {num_examples} training "
+                     "queries")
+  return steps
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} "
+                     "processes")
+  return global_batch_size // process_count
+
+
+def _dataset_from_indices(source: ExampleSource, indices: np.ndarray, seeds: np.ndarray | None,
+                          batch_size: int) -> tf.data.Dataset:
+  """Maps example indices to padded examples (numpy, in parallel, order kept) and batches them."""
+  spec = source.element_spec()
+  keys = sorted(spec)
+
+  def load(index, seed):
+    rng = np.random.default_rng(seed) if seeds is not None else None
+    example = source.example(int(index), rng)
+    return [example[k] for k in keys]
+
+  def load_tf(index, seed):
+    arrays = tf.numpy_function(load, [index, seed], [tf.as_dtype(spec[k][1]) for k in keys],
+                               stateful=False)
+    return {k: tf.ensure_shape(a, spec[k][0]) for k, a in zip(keys, arrays)}
+
+  seed_column = seeds if seeds is not None else np.zeros(len(indices), np.int64)
+  ds = tf.data.Dataset.from_tensor_slices((indices.astype(np.int64), seed_column.astype(np.int64)))
+  ds = ds.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = max(1, min(8, os.cpu_count() or 1))
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_indices(num_examples: int, global_batch_size: int, seed: int, epoch: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """This process's example indices for ``epoch``, in visiting order, whole batches only."""
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)[:steps * global_batch_size]
+  return order[process_index::process_count]
+
+
+def train_batches(source: ExampleSource, global_batch_size: int, seed: int,
+                  start: DataPosition = DataPosition(), process_index: int = 0,
+                  process_count: int = 1) -> Iterator[tuple[DataPosition, dict[str, np.ndarray]]]:
+  """Endless training batches from ``start``; yields (position of this batch, batch)."""
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  steps = steps_per_epoch(len(source), global_batch_size)
+  epoch, step = start.epoch, start.step
+  while True:
+    indices = epoch_indices(len(source), global_batch_size, seed, epoch, process_index,
+                            process_count)
+    # One seed per visit of an example: the random window subset is reproducible on resume.
+    seeds = np.random.default_rng([seed, epoch, 1]).integers(0, 2**62, size=len(indices))
+    first = step * local_batch
+    ds = _dataset_from_indices(source, indices[first:], seeds[first:], local_batch)
+    for batch in ds.as_numpy_iterator():
+      yield DataPosition(epoch, step), batch
+      step += 1
+    assert step == steps, (step, steps)
+    epoch, step = epoch + 1, 0
+
+
+def eval_batches(source: ExampleSource, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Every query once, in file order, this process's share; the last batch padded and masked.
+
+  All processes yield the same number of batches (a multi-host eval step needs that).
+  """
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  indices = np.arange(len(source))[process_index::process_count]
+  per_process = -(-len(source) // process_count)
+  num_batches = -(-per_process // local_batch)
+  num_real = len(indices)
+  padded = np.concatenate([indices, np.zeros(num_batches * local_batch - num_real, np.int64)])
+  ds = _dataset_from_indices(source, padded, None, local_batch)
+  for b, batch in enumerate(ds.as_numpy_iterator()):
+    rows = np.arange(b * local_batch, (b + 1) * local_batch)
+    batch["example_mask"] = rows < num_real
+    yield batch

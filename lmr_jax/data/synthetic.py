@@ -1,0 +1,279 @@
+"""The synthetic context benchmark: QVHighlights-format data where only caption context finds the moment.
+
+Each video is a sequence of events (actor, action, scene) separated by background clips. Visual features
+encode actor and action but not the scene -- the visual blind spot that LMR's caption context fills.
+Each query names actor + action + scene; its target event(s) always share actor and action with distractor
+events in other scenes, so a model that sees only the video can at best guess among them, while the
+per-clip captions (varied wording, as from randomly drawn instructions; sometimes without the scene) say
+where each event happens.
+
+Text features come from a fixed token-embedding table (a seeded vector per word: a stand-in for Llama's
+frozen embedding layer, and a second one for CLIP's text tokens).
+
+    python -m lmr_jax.data.synthetic --out_dir data/synthetic            # default benchmark (~10 s)
+    python -m lmr_jax.data.synthetic --out_dir /tmp/s --train_videos 8 --val_videos 4 --test_videos 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import functools
+import zlib
+
+import numpy as np
+
+ACTORS = ("man", "woman", "boy", "girl", "chef", "dog", "teacher", "old man", "couple", "athlete",
+          "musician", "grandmother")
+ACTIONS = ("cooking", "dancing", "reading a book", "running", "painting", "singing", "swimming",
+           "eating", "talking on the phone", "riding a bike", "playing guitar", "cleaning")
+SCENES = ("kitchen", "beach", "park", "office", "street", "forest", "garden", "living room",
+          "restaurant", "gym", "library", "market")
+
+CAPTION_TEMPLATES = (
+    "a {actor} is {action} in the {scene}.",
+    "in the {scene}, a {actor} is {action}.",
+    "the video shows a {actor} {action} at the {scene}.",
+    "we see a {actor} {action}; the setting is a {scene}.",
+    "a {actor} {action}, filmed in a {scene}.",
+    "this clip captures a {actor} who is {action} inside the {scene}.",
+)
+CAPTION_TEMPLATES_NO_SCENE = (
+    "a {actor} is {action}.",
+    "the video shows a {actor} {action}.",
+    "someone, a {actor}, is {action} here.",
+)
+BACKGROUND_CAPTIONS = (
+    "the camera pans slowly across the view.",
+    "nothing much happens in this part of the video.",
+    "a blurry shot with no clear subject.",
+    "the scene is quiet and nobody is visible.",
+    "a transition between two shots.",
+)
+QUERY_TEMPLATES = (
+    "a {actor} is {action} in the {scene}.",
+    "{actor} {action} at the {scene}.",
+    "in the {scene} a {actor} is {action}.",
+    "the {actor} is {action} inside a {scene}.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+  """Sizes and difficulty. ``visual_noise`` is the per-dimension noise std relative to the signal."""
+  seed: int = 0
+  train_videos: int = 600
+  val_videos: int = 150
+  test_videos: int = 150
+  queries_per_video: int = 2
+  min_clips: int = 50
+  max_clips: int = 75
+  clip_len: float = 2.0
+  min_event_clips: int = 3
+  max_event_clips: int = 10
+  max_distractors: int = 2  # per query, each with the target's actor and action in another scene
+  second_target_prob: float = 0.3  # chance that a query has two relevant windows
+  caption_scene_missing_prob: float = 0.25
+  visual_noise: float = 0.6
+  slowfast_dim: int = 2304
+  clip_dim: int = 512
+  text_dim: int = 512  # CLIP text token features of queries
+  caption_dim: int = 512  # the frozen LLM embedding width (Llama-7B: 4096)
+
+
+@functools.lru_cache(maxsize=None)
+def word_vector(word: str, dim: int, table: str) -> np.ndarray:
+  """The fixed embedding of ``word``: the same vector in every run and every split."""
+  rng = np.random.default_rng([zlib.crc32(f"{table}:{word}".encode()), dim])
+  return (rng.standard_normal(dim) / np.sqrt(dim)).astype(np.float32)
+
+
+def tokenize(text: str) -> list[str]:
+  return text.replace(",", " ,").replace(".", " .").replace(";", " ;").split()
+
+
+def embed_tokens(text: str, dim: int, table: str) -> np.ndarray:
+  return np.stack([word_vector(t, dim, table) for t in tokenize(text)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+  actor: int
+  action: int
+  scene: int
+  start: int  # first clip
+  end: int  # one past the last clip
+
+
+def _plan_video(rng: np.random.Generator, cfg: SyntheticConfig, num_clips: int):
+  """Picks the events of one video and the queries it answers; returns (events, queries) or None
+  when the events do not fit (the caller draws again)."""
+  events, queries, used_pairs = [], [], set()
+  for _ in range(cfg.queries_per_video):
+    while True:
+      actor, action = int(rng.integers(len(ACTORS))), int(rng.integers(len(ACTIONS)))
+      if (actor, action) not in used_pairs:
+        break
+    used_pairs.add((actor, action))
+    scenes = rng.permutation(len(SCENES))
+    target_scene = int(scenes[0])
+    num_targets = 2 if rng.random() < cfg.second_target_prob else 1
+    num_distractors = int(rng.integers(1, cfg.max_distractors + 1))
+    first = len(events)
+    events += [(actor, action, target_scene)] * num_targets
+    events += [(actor, action, int(s)) for s in scenes[1:1 + num_distractors]]
+    queries.append((actor, action, target_scene, list(range(first, first + num_targets))))
+  order = rng.permutation(len(events))
+  lengths = rng.integers(cfg.min_event_clips, cfg.max_event_clips + 1, size=len(events))
+  spare = num_clips - int(lengths.sum())
+  if spare < len(events) + 1:
+    return None
+  # Background gaps: at least one clip between events, the rest spread at random.
+  gaps = 1 + rng.multinomial(spare - len(events) - 1, np.ones(len(events) + 1) / (len(events) + 1))
+  gaps[0] -= 1
+  placed, clip = [None] * len(events), 0
+  for slot, e in enumerate(order):
+    clip += int(gaps[slot])
+    placed[e] = Event(*events[e], start=clip, end=clip + int(lengths[slot]))
+    clip += int(lengths[slot])
+  return placed, queries
+
+
+def _caption(rng: np.random.Generator, cfg: SyntheticConfig, event: Event | None) -> str:
+  if event is None:
+    return BACKGROUND_CAPTIONS[rng.integers(len(BACKGROUND_CAPTIONS))]
+  words = dict(actor=ACTORS[event.actor], action=ACTIONS[event.action], scene=SCENES[event.scene])
+  if rng.random() < cfg.caption_scene_missing_prob:
+    return CAPTION_TEMPLATES_NO_SCENE[rng.integers(len(CAPTION_TEMPLATES_NO_SCENE))].format(**words)
+  return CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(**words)
+
+
+class _VisualBasis:
+  """Fixed random directions per actor, action and background, per visual stream (no scene)."""
+
+  def __init__(self, cfg: SyntheticConfig):
+    rng = np.random.default_rng([cfg.seed, 7])
+    self.streams = []
+    for dim in (cfg.slowfast_dim, cfg.clip_dim):
+      unit = lambda n: rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)  # noqa: E731
+      self.streams.append((unit(len(ACTORS)), unit(len(ACTIONS)), unit(1)))
+
+  def features(self, rng, cfg, events: list[Event], num_clips: int) -> list[np.ndarray]:
+    out = []
+    for actors, actions, background in self.streams:
+      dim = actors.shape[1]
+      feats = np.repeat(background, num_clips, axis=0)
+      for e in events:
+        feats[e.start:e.end] = actors[e.actor] + actions[e.action]
+      noise = rng.standard_normal((num_clips, dim), dtype=np.float32) / np.sqrt(dim)
+      out.append((feats + cfg.visual_noise * noise).astype(np.float16))
+    return out
+
+
+def _write_npz(path: str, **arrays) -> None:
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _saliency_scores(rng: np.random.Generator, length: int) -> list[list[int]]:
+  """Three annotators, peaked towards the middle of the event, integers in [1, 4]."""
+  middle = 1.0 - np.abs(np.linspace(-1.0, 1.0, length))
+  scores = 2.0 + 2.0 * middle[:, None] + rng.normal(0.0, 0.7, size=(length, 3))
+  return np.clip(np.rint(scores), 1, 4).astype(int).tolist()
+
+
+def generate_split(cfg: SyntheticConfig, out_dir: str, split: str, num_videos: int,
+                   first_qid: int, basis: _VisualBasis) -> list[dict]:
+  feat_dir = os.path.join(out_dir, "features")
+  rng = np.random.default_rng([cfg.seed, zlib.crc32(split.encode())])
+  records = []
+  for v in range(num_videos):
+    vid = f"syn_{split}_{v:05d}"
+    num_clips = int(rng.integers(cfg.min_clips, cfg.max_clips + 1))
+    plan = None
+    while plan is None:
+      plan = _plan_video(rng, cfg, num_clips)
+    events, queries = plan
+    clip_event = [None] * num_clips
+    for e in events:
+      for c in range(e.start, e.end):
+        clip_event[c] = e
+    slowfast, clip = basis.features(rng, cfg, events, num_clips)
+    captions = [_caption(rng, cfg, clip_event[c]) for c in range(num_clips)]
+    instructions = [f"synthetic caption style {rng.integers(10)}" for _ in range(num_clips)]
+    _write_npz(os.path.join(feat_dir, "slowfast_features", f"{vid}.npz"), features=slowfast)
+    _write_npz(os.path.join(feat_dir, "clip_features", f"{vid}.npz"), features=clip)
+    _write_npz(os.path.join(feat_dir, "caption_features", f"{vid}.npz"),
+               features=np.stack([embed_tokens(c, cfg.caption_dim, "llm").mean(0) for c in captions]),
+               captions=np.array(captions), instructions=np.array(instructions))
+    for actor, action, scene, targets in queries:
+      qid = first_qid + len(records)
+      words = dict(actor=ACTORS[actor], action=ACTIONS[action], scene=SCENES[scene])
+      query = QUERY_TEMPLATES[rng.integers(len(QUERY_TEMPLATES))].format(**words)
+      _write_npz(os.path.join(feat_dir, "clip_text_features", f"qid{qid}.npz"),
+                 last_hidden_state=embed_tokens(query, cfg.text_dim, "clip"))
+      _write_npz(os.path.join(feat_dir, "caption_query_features", f"qid{qid}.npz"),
+                 last_hidden_state=embed_tokens(query, cfg.caption_dim, "llm"))
+      target_events = sorted((events[t] for t in targets), key=lambda e: e.start)
+      clip_ids = [c for e in target_events for c in range(e.start, e.end)]
+      scores = [s for e in target_events for s in _saliency_scores(rng, e.end - e.start)]
+      records.append({
+          "qid": qid, "query": query, "duration": num_clips * cfg.clip_len, "vid": vid,
+          "relevant_windows": [[e.start * cfg.clip_len, e.end * cfg.clip_len] for e in target_events],
+          "relevant_clip_ids": clip_ids, "saliency_scores": scores,
+      })
+  return records
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  os.replace(tmp, path)
+
+
+LABEL_KEYS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
+
+
+def generate(cfg: SyntheticConfig, out_dir: str) -> dict[str, str]:
+  """Writes the benchmark under ``out_dir``; returns the annotation file of each split."""
+  for d in ("slowfast_features", "clip_features", "clip_text_features", "caption_features",
+            "caption_query_features"):
+    os.makedirs(os.path.join(out_dir, "features", d), exist_ok=True)
+  os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+  basis = _VisualBasis(cfg)
+  files, qid = {}, 0
+  for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos),
+                   ("test", cfg.test_videos)):
+    records = generate_split(cfg, out_dir, split, n, qid, basis)
+    qid += len(records)
+    if split == "test":  # as QVHighlights: a release without labels, and the labels apart
+      files["test_with_gt"] = os.path.join(out_dir, "annotations", "test_with_gt.jsonl")
+      _write_jsonl(files["test_with_gt"], records)
+      records = [{k: v for k, v in r.items() if k not in LABEL_KEYS} for r in records]
+    files[split] = os.path.join(out_dir, "annotations", f"{split}.jsonl")
+    _write_jsonl(files[split], records)
+  with open(os.path.join(out_dir, "synthetic_config.json"), "w") as f:
+    json.dump(dataclasses.asdict(cfg), f, indent=1)
+  return files
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out_dir", required=True)
+  for field in dataclasses.fields(SyntheticConfig):
+    parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+  args = vars(parser.parse_args(argv))
+  out_dir = args.pop("out_dir")
+  files = generate(SyntheticConfig(**args), out_dir)
+  for split, path in files.items():
+    with open(path) as f:
+      print(f"{split}: {sum(1 for _ in f)} queries -> {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,147 @@
+"""The LMR model (arXiv 2405.12540, Sec. III): VQF fusion, video context modeling, language-conditioned
+decoder. One Flax module; every ablation switch of the config is a real code path here.
+
+Data flow for a batch (B queries, L clips, T query tokens, D hidden):
+  visual clips (BxLxDv) --proj--> VQF(query CLIP tokens) -----------\
+  caption vectors (BxLxDc) --proj--> VQF(query caption tokens) ------+-> [sal; F̃v; F̃t] -> 2 self-attn -> F_m
+  F_m --> saliency S_i = <W_s x_sal, W_v x_i>/sqrt(D) over video tokens
+  pooled query sentence x k + learned positions --> 2 decoder layers over F_m --> (center, width), fg/bg
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lmr_jax.model import layers
+
+
+def masked_mean(x_BxTxD, mask_BxT):
+  weights = mask_BxT.astype(x_BxTxD.dtype)[..., None]
+  return (x_BxTxD * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+
+
+class VideoQueryFusion(nn.Module):
+  """VQF: context tokens (queries) attend to the query-language tokens (keys/values), then MLP,
+  each with residual and LayerNorm."""
+  num_heads: int
+  ffn_dim: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, context_BxLxD, context_mask_BxL, lang_BxTxD, lang_mask_BxT, *, train: bool):
+    block = layers.AttentionBlock(self.num_heads, self.ffn_dim, self.dropout)
+    return block(context_BxLxD, lang_BxTxD, layers.attention_mask(context_mask_BxL, lang_mask_BxT),
+                 train=train)
+
+
+class LMR(nn.Module):
+  config: ml_collections.ConfigDict  # config.model
+
+  def setup(self):
+    cfg = self.config
+    d = cfg.hidden_dim
+    proj = lambda: layers.InputProjection(d, cfg.input_dropout, cfg.dropout)  # noqa: E731
+    self.video_proj = proj()
+    self.query_proj = proj()
+    self.caption_proj = proj()
+    self.caption_query_proj = proj()
+    vqf = lambda: VideoQueryFusion(cfg.num_heads, cfg.ffn_dim, cfg.dropout)  # noqa: E731
+    self.visual_vqf = vqf()
+    # Weight sharing (paper's WS): the caption stream reuses the visual VQF module itself.
+    self.caption_vqf = self.visual_vqf if cfg.share_vqf else vqf()
+    self.type_embed = self.param("type_embed", nn.initializers.normal(0.02), (2, d))
+    self.saliency_token = self.param("saliency_token", nn.initializers.normal(0.02), (d,))
+    self.encoder = [layers.AttentionBlock(cfg.num_heads, cfg.ffn_dim, cfg.dropout)
+                    for _ in range(cfg.num_encoder_layers)]
+    self.saliency_query_proj = nn.Dense(d)
+    self.saliency_clip_proj = nn.Dense(d)
+    self.sentence_proj = nn.Dense(d)
+    self.moment_positions = self.param("moment_positions", nn.initializers.normal(1.0),
+                                       (cfg.num_queries, d))
+    if not cfg.language_queries:
+      self.learned_queries = self.param("learned_queries", nn.initializers.normal(1.0),
+                                        (cfg.num_queries, d))
+    # A DETR decoder layer: self-attention, cross-attention, one feed-forward.
+    self.decoder = [layers.AttentionBlock(cfg.num_heads, cfg.ffn_dim, cfg.dropout, with_ffn=False,
+                                          name=f"dec_self_{i}")
+                    for i in range(cfg.num_decoder_layers)]
+    self.decoder_cross = [
+        layers.AttentionBlock(cfg.num_heads, cfg.ffn_dim, cfg.dropout, name=f"dec_cross_{i}")
+        for i in range(cfg.num_decoder_layers)]
+    self.decoder_norm = nn.LayerNorm()
+    self.span_head = layers.MLP(d, 2, 3)
+    self.class_head = nn.Dense(2)  # 0: moment (foreground), 1: background
+
+  def encode(self, batch, query_BxTxD, caption_query_BxTxD, *, train: bool):
+    """VQF + video context modeling; returns (F_m without the saliency token, its mask, saliency)."""
+    cfg = self.config
+    video_mask = batch["video_mask"]
+    num_clips = video_mask.shape[1]
+    positions = jnp.asarray(layers.sinusoidal_positions(num_clips, cfg.hidden_dim))
+    tokens, masks = [], []
+    streams = []
+    if cfg.use_visual:
+      streams.append((self.video_proj(batch["video_feats"], train=train), query_BxTxD,
+                      batch["query_mask"], self.visual_vqf, 0))
+    if cfg.use_caption_context:
+      streams.append((self.caption_proj(batch["caption_feats"], train=train), caption_query_BxTxD,
+                      batch["caption_query_mask"], self.caption_vqf, 1))
+    for context, lang, lang_mask, vqf, type_id in streams:
+      if cfg.use_vqf:
+        context = vqf(context, video_mask, lang, lang_mask, train=train)
+      tokens.append(context + positions + self.type_embed[type_id])
+      masks.append(video_mask)
+    batch_size = video_mask.shape[0]
+    sal = jnp.broadcast_to(self.saliency_token, (batch_size, 1, cfg.hidden_dim))
+    x = jnp.concatenate([sal] + tokens, axis=1)
+    mask = jnp.concatenate([jnp.ones((batch_size, 1), bool)] + masks, axis=1)
+    attn_mask = layers.attention_mask(mask, mask)
+    for block in self.encoder:
+      x = block(x, x, attn_mask, train=train)
+    sal_token, memory = x[:, 0], x[:, 1:]
+    # Saliency over the first stream's clip tokens (the visual ones, or captions in w/o VFE).
+    clips = memory[:, :num_clips]
+    saliency = jnp.einsum("bd,bld->bl", self.saliency_query_proj(sal_token),
+                          self.saliency_clip_proj(clips)) / jnp.sqrt(cfg.hidden_dim)
+    return memory, mask[:, 1:], saliency
+
+  def __call__(self, batch, *, train: bool):
+    """Outputs per decoder layer; in training (batch > 1) also the saliency of each video paired with
+    another query of the batch ("saliency_neg"), which only the losses need."""
+    cfg = self.config
+    query = self.query_proj(batch["query_feats"], train=train)
+    caption_query = (self.caption_query_proj(batch["caption_query_feats"], train=train)
+                     if cfg.use_caption_context else None)
+    memory, memory_mask, saliency = self.encode(batch, query, caption_query, train=train)
+    outputs = {"saliency": saliency}  # (B, L)
+    if train and memory.shape[0] > 1:
+      # Inter-video negatives: each video paired with the next query of the batch (QD-DETR style).
+      roll = lambda x: None if x is None else jnp.roll(x, 1, axis=0)  # noqa: E731
+      neg_batch = dict(batch, query_mask=roll(batch["query_mask"]))
+      if cfg.use_caption_context:
+        neg_batch["caption_query_mask"] = roll(batch["caption_query_mask"])
+      _, _, outputs["saliency_neg"] = self.encode(neg_batch, roll(query), roll(caption_query),
+                                                  train=train)
+
+    batch_size = memory.shape[0]
+    if cfg.language_queries:
+      sentence = self.sentence_proj(masked_mean(query, batch["query_mask"]))
+      tgt = jnp.broadcast_to(sentence[:, None], (batch_size, cfg.num_queries, cfg.hidden_dim))
+    else:
+      tgt = jnp.broadcast_to(self.learned_queries, (batch_size,) + self.learned_queries.shape)
+    query_mask = jnp.ones((batch_size, cfg.num_queries), bool)
+    self_mask = layers.attention_mask(query_mask, query_mask)
+    cross_mask = layers.attention_mask(query_mask, memory_mask)
+    pos = self.moment_positions
+    hidden = []
+    for self_block, cross_block in zip(self.decoder, self.decoder_cross):
+      tgt = self_block(tgt, tgt, self_mask, train=train, pos_q=pos, pos_k=pos)
+      tgt = cross_block(tgt, memory, cross_mask, train=train, pos_q=pos)
+      hidden.append(self.decoder_norm(tgt))
+    hidden_NxBxKxD = jnp.stack(hidden)
+    outputs["pred_spans"] = jax.nn.sigmoid(self.span_head(hidden_NxBxKxD))  # (layers, B, k, 2) cxw
+    outputs["pred_logits"] = self.class_head(hidden_NxBxKxD)  # (layers, B, k, 2)
+    return outputs

@@ -1,0 +1,145 @@
+"""``train_and_evaluate(config, workdir)``: data -> model -> jitted steps -> checkpoints -> evaluation.
+
+A run resumes from the latest checkpoint in ``workdir`` by itself: the train state and the data position
+come back together, so the resumed run sees the same batches and dropout keys it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lmr_jax.data import dataset
+from lmr_jax.data import pipeline
+from lmr_jax.evaluation import predictions
+from lmr_jax.evaluation import qvh_metrics
+from lmr_jax.model.lmr import LMR
+from lmr_jax.training import checkpoint as checkpoint_lib
+from lmr_jax.training import train_step as train_step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced NaN/inf; the last checkpoint saved before it is kept untouched."""
+
+
+def build_model(config: ml_collections.ConfigDict) -> LMR:
+  return LMR(config.model)
+
+
+def init_state(config, model, tx, example_batch):
+  """Fresh train state from ``config.seed`` (also the abstract target for restoring)."""
+  return train_step_lib.create_train_state(model, tx, jax.random.key(config.seed), example_batch)
+
+
+def example_batch(source, batch_size: int) -> dict:
+  """A batch of the right shapes for initialisation (values do not matter)."""
+  first = source.example(0)
+  return {k: np.stack([v] * batch_size) for k, v in first.items()}
+
+
+def evaluate(predict_fn, params, source, config, annotations_by_qid) -> tuple[dict, list[dict]]:
+  """Predicts every query of ``source`` and scores the submission with the QVHighlights metrics."""
+  records = []
+  for batch in pipeline.eval_batches(source, config.eval_batch_size, jax.process_index(),
+                                     jax.process_count()):
+    outputs = jax.device_get(predict_fn(params, batch))
+    records += predictions.to_submission_records(outputs, batch, annotations_by_qid)
+  gt = [annotations_by_qid[r["qid"]] for r in records]
+  metrics = qvh_metrics.evaluate_annotations(records, gt)
+  return metrics, records
+
+
+class _Log:
+  """Process 0 appends one JSON object per event to ``{workdir}/metrics.jsonl``."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl") if jax.process_index() == 0 else None
+
+  def write(self, **record) -> None:
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _check_finite(history: list[tuple[int, dict]]) -> dict:
+  """Fetches the accumulated step metrics; raises on the first non-finite loss."""
+  fetched = jax.device_get(history)
+  for step, metrics in fetched:
+    if not np.isfinite(metrics["loss"]):
+      raise NonFiniteLossError(
+          f"loss became {metrics['loss']} at step {step}; training stopped, the last checkpoint "
+          "before it is kept")
+  return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  if config.data.generate_synthetic:
+    dataset.ensure_synthetic(config.data)
+  with_captions = config.model.use_caption_context
+  train_source = dataset.example_source(config.data, "train", with_captions=with_captions,
+                                        training=True)
+  eval_source = dataset.example_source(config.data, config.eval_split,
+                                       with_captions=with_captions, training=False)
+  annotations_by_qid = {a.qid: a for a in eval_source.annotations}
+  steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
+  total_steps = config.num_epochs * steps_per_epoch
+
+  model = build_model(config)
+  tx, schedule = train_step_lib.make_optimizer(config.optim, total_steps)
+  state = init_state(config, model, tx, example_batch(train_source, config.batch_size))
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+  position = pipeline.DataPosition()
+  if checkpointer.latest.latest_step() is not None:
+    state, position = checkpointer.restore("latest", state)
+  step = int(state.step)
+  logging.info("Training %d steps (%d per epoch) from step %d, %d train / %d %s queries",
+               total_steps, steps_per_epoch, step, len(train_source), len(eval_source),
+               config.eval_split)
+
+  train_step = train_step_lib.jit_train_step(model, tx, config.loss)
+  predict_fn = train_step_lib.jit_predict_step(model)
+  rng = jax.random.key(config.seed + 1)
+  log = _Log(workdir)
+  history, metrics, start_time = [], {}, time.time()
+  batches = pipeline.train_batches(train_source, config.batch_size, config.seed, position,
+                                   jax.process_index(), jax.process_count())
+  try:
+    while step < total_steps:
+      position, batch = next(batches)
+      state, step_metrics = train_step(state, batch, rng)
+      step += 1
+      history.append((step, step_metrics))
+      epoch_done = position.step == steps_per_epoch - 1
+      next_position = (pipeline.DataPosition(position.epoch + 1, 0) if epoch_done
+                       else pipeline.DataPosition(position.epoch, position.step + 1))
+      eval_now = (epoch_done and (position.epoch + 1) % config.eval_every_epochs == 0) or (
+          step == total_steps)
+      save_now = step % config.checkpoint_every_steps == 0 or eval_now
+      if step % config.log_every_steps == 0 or save_now:
+        train_means = _check_finite(history)
+        history = []
+        log.write(step=step, epoch=position.epoch, lr=float(schedule(step)),
+                  steps_per_sec=step / max(time.time() - start_time, 1e-9),
+                  **{f"train/{k}": v for k, v in train_means.items()})
+        logging.info("step %d epoch %d loss %.4f", step, position.epoch, train_means["loss"])
+      if eval_now:
+        metrics, _ = evaluate(predict_fn, state.params, eval_source, config, annotations_by_qid)
+        log.write(step=step, epoch=position.epoch + 1,
+                  **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()})
+        logging.info("step %d %s: %s", step, config.eval_split, metrics["brief"])
+      if save_now:
+        checkpointer.save(state, next_position,
+                          metrics=metrics["brief"] if eval_now else None)
+  finally:
+    checkpointer.close()
+  return metrics
