@@ -71,6 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  config.evals = ("qvhighlights",)  # keys of lmr_jax.training.trainer.EVALUATORS
   config.best_metric = "MR-full-mAP"
   config.eval_split = "val"
   return config

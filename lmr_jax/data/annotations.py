@@ -32,6 +32,16 @@ class QueryAnnotation:
   def has_labels(self) -> bool:
     return bool(self.windows)
 
+  def to_record(self) -> dict:
+    """The annotation as a jsonl record again (what the evaluators take as ground truth)."""
+    record = {"qid": self.qid, "query": self.query, "duration": self.duration, "vid": self.vid}
+    if self.has_labels:
+      record["relevant_windows"] = [list(w) for w in self.windows]
+    if self.relevant_clip_ids:
+      record["relevant_clip_ids"] = list(self.relevant_clip_ids)
+      record["saliency_scores"] = [list(s) for s in self.saliency_scores]
+    return record
+
 
 def _is_number(x) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
@@ -106,3 +116,26 @@ def load_annotations(path: str | os.PathLike) -> list[QueryAnnotation]:
   if not annotations:
     raise DataError(f"{path}: no annotations")
   return annotations
+
+
+def main(argv=None) -> int:
+  """``python -m lmr_jax.data.annotations FILE...``: validates each file, prints its counts."""
+  import argparse
+  parser = argparse.ArgumentParser(description="Validate QVHighlights-style annotation files.")
+  parser.add_argument("files", nargs="+")
+  failed = 0
+  for path in parser.parse_args(argv).files:
+    try:
+      anns = load_annotations(path)
+    except DataError as e:
+      print(f"error: {e}")
+      failed += 1
+      continue
+    labelled = sum(a.has_labels for a in anns)
+    print(f"{path}: {len(anns)} queries, {len({a.vid for a in anns})} videos, {labelled} labelled, "
+          f"max duration {max(a.duration for a in anns):g} s")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

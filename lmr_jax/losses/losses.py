@@ -100,16 +100,25 @@ def inter_video_loss(saliency_neg_BxL, video_mask_BxL, example_mask_B):
 
 
 def total_loss(outputs, batch, cfg: ml_collections.ConfigDict):
-  """Weighted sum of every term; returns (loss, dict of unweighted terms for logging)."""
+  """Weighted sum of every term; returns (loss, dict of unweighted terms for logging).
+
+  Auxiliary decoder layers' terms are logged as "aux{layer}/{term}" and weighted like the last layer's.
+  """
+  weights = {"span_l1": cfg.span_l1, "span_giou": cfg.span_giou, "label": cfg.label,
+             "saliency_hinge": cfg.saliency_hinge,
+             "saliency_rank_contrastive": cfg.saliency_rank_contrastive,
+             "saliency_inter_video": cfg.saliency_inter_video}
   example_mask = batch["example_mask"]
   num_layers = outputs["pred_spans"].shape[0]
-  layers = range(num_layers) if cfg.aux_layers else [num_layers - 1]
-  terms = {}
-  for layer in layers:
+  loss, terms = 0.0, {}
+  for layer in range(num_layers) if cfg.aux_layers else [num_layers - 1]:
     layer_terms = moment_losses(outputs["pred_spans"][layer], outputs["pred_logits"][layer],
                                 batch["windows"], batch["window_mask"], example_mask, cfg)
-    suffix = "" if layer == num_layers - 1 else f"_{layer}"
-    terms.update({k + suffix: v for k, v in layer_terms.items()})
+    prefix = "" if layer == num_layers - 1 else f"aux{layer}/"
+    for name, value in layer_terms.items():
+      loss += weights[name] * value
+      terms[prefix + name] = value
+
   video_mask = batch["video_mask"]
   terms["saliency_hinge"] = saliency_hinge_loss(outputs["saliency"], batch["saliency"], video_mask,
                                                 example_mask, cfg.saliency_margin)
@@ -119,10 +128,7 @@ def total_loss(outputs, batch, cfg: ml_collections.ConfigDict):
       cfg.rank_contrastive_temperature)
   if saliency_neg is not None:
     terms["saliency_inter_video"] = inter_video_loss(saliency_neg, video_mask, example_mask)
-  weights = {"span_l1": cfg.span_l1, "span_giou": cfg.span_giou, "label": cfg.label,
-             "saliency_hinge": cfg.saliency_hinge,
-             "saliency_rank_contrastive": cfg.saliency_rank_contrastive,
-             "saliency_inter_video": cfg.saliency_inter_video}
-  loss = sum(weights[name.rsplit("_", 1)[0] if name[-1].isdigit() else name] * value
-             for name, value in terms.items())
+  for name in ("saliency_hinge", "saliency_rank_contrastive", "saliency_inter_video"):
+    if name in terms:
+      loss += weights[name] * terms[name]
   return loss, terms

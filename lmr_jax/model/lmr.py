@@ -75,29 +75,20 @@ class LMR(nn.Module):
     self.span_head = layers.MLP(d, 2, 3)
     self.class_head = nn.Dense(2)  # 0: moment (foreground), 1: background
 
-  def encode(self, batch, query_BxTxD, caption_query_BxTxD, *, train: bool):
-    """VQF + video context modeling; returns (F_m without the saliency token, its mask, saliency)."""
+  def encode(self, streams, video_mask_BxL, *, train: bool):
+    """VQF + video context modeling over ``streams`` = [(context_BxLxD, lang_BxTxD, lang_mask_BxT,
+    vqf, type_id)]; returns (F_m without the saliency token, its mask, saliency_BxL)."""
     cfg = self.config
-    video_mask = batch["video_mask"]
-    num_clips = video_mask.shape[1]
+    batch_size, num_clips = video_mask_BxL.shape
     positions = jnp.asarray(layers.sinusoidal_positions(num_clips, cfg.hidden_dim))
-    tokens, masks = [], []
-    streams = []
-    if cfg.use_visual:
-      streams.append((self.video_proj(batch["video_feats"], train=train), query_BxTxD,
-                      batch["query_mask"], self.visual_vqf, 0))
-    if cfg.use_caption_context:
-      streams.append((self.caption_proj(batch["caption_feats"], train=train), caption_query_BxTxD,
-                      batch["caption_query_mask"], self.caption_vqf, 1))
+    tokens = []
     for context, lang, lang_mask, vqf, type_id in streams:
       if cfg.use_vqf:
-        context = vqf(context, video_mask, lang, lang_mask, train=train)
+        context = vqf(context, video_mask_BxL, lang, lang_mask, train=train)
       tokens.append(context + positions + self.type_embed[type_id])
-      masks.append(video_mask)
-    batch_size = video_mask.shape[0]
     sal = jnp.broadcast_to(self.saliency_token, (batch_size, 1, cfg.hidden_dim))
     x = jnp.concatenate([sal] + tokens, axis=1)
-    mask = jnp.concatenate([jnp.ones((batch_size, 1), bool)] + masks, axis=1)
+    mask = jnp.concatenate([jnp.ones((batch_size, 1), bool)] + [video_mask_BxL] * len(tokens), axis=1)
     attn_mask = layers.attention_mask(mask, mask)
     for block in self.encoder:
       x = block(x, x, attn_mask, train=train)
@@ -112,19 +103,32 @@ class LMR(nn.Module):
     """Outputs per decoder layer; in training (batch > 1) also the saliency of each video paired with
     another query of the batch ("saliency_neg"), which only the losses need."""
     cfg = self.config
+    video_mask = batch["video_mask"]
     query = self.query_proj(batch["query_feats"], train=train)
-    caption_query = (self.caption_query_proj(batch["caption_query_feats"], train=train)
-                     if cfg.use_caption_context else None)
-    memory, memory_mask, saliency = self.encode(batch, query, caption_query, train=train)
-    outputs = {"saliency": saliency}  # (B, L)
-    if train and memory.shape[0] > 1:
-      # Inter-video negatives: each video paired with the next query of the batch (QD-DETR style).
-      roll = lambda x: None if x is None else jnp.roll(x, 1, axis=0)  # noqa: E731
-      neg_batch = dict(batch, query_mask=roll(batch["query_mask"]))
-      if cfg.use_caption_context:
-        neg_batch["caption_query_mask"] = roll(batch["caption_query_mask"])
-      _, _, outputs["saliency_neg"] = self.encode(neg_batch, roll(query), roll(caption_query),
-                                                  train=train)
+    streams = []
+    if cfg.use_visual:
+      streams.append((self.video_proj(batch["video_feats"], train=train), query,
+                      batch["query_mask"], self.visual_vqf, 0))
+    if cfg.use_caption_context:
+      caption_query = self.caption_query_proj(batch["caption_query_feats"], train=train)
+      streams.append((self.caption_proj(batch["caption_feats"], train=train), caption_query,
+                      batch["caption_query_mask"], self.caption_vqf, 1))
+
+    batch_size = video_mask.shape[0]
+    outputs = {}
+    if train and batch_size > 1:
+      # Inter-video negatives (QD-DETR): each video paired with the next query of the batch. The
+      # pairs go through the encoder in one pass with the real ones, reusing the projections.
+      roll = lambda x: jnp.roll(x, 1, axis=0)  # noqa: E731
+      streams = [(jnp.concatenate([c, c]), jnp.concatenate([q, roll(q)]),
+                  jnp.concatenate([m, roll(m)]), vqf, t) for c, q, m, vqf, t in streams]
+      memory, memory_mask, saliency = self.encode(
+          streams, jnp.concatenate([video_mask, video_mask]), train=train)
+      memory, memory_mask = memory[:batch_size], memory_mask[:batch_size]
+      saliency, outputs["saliency_neg"] = saliency[:batch_size], saliency[batch_size:]
+    else:
+      memory, memory_mask, saliency = self.encode(streams, video_mask, train=train)
+    outputs["saliency"] = saliency  # (B, L)
 
     batch_size = memory.shape[0]
     if cfg.language_queries:

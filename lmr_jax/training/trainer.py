@@ -19,11 +19,19 @@ import numpy as np
 
 from lmr_jax.data import dataset
 from lmr_jax.data import pipeline
+from lmr_jax.evaluation import charades_metrics
 from lmr_jax.evaluation import predictions
 from lmr_jax.evaluation import qvh_metrics
 from lmr_jax.model.lmr import LMR
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import train_step as train_step_lib
+
+
+# config.evals names these; each maps (submission records, ground-truth records) to {"brief": ...}.
+EVALUATORS = {
+    "qvhighlights": qvh_metrics.eval_submission,
+    "charades_sta": charades_metrics.eval_charades,
+}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,16 +53,29 @@ def example_batch(source, batch_size: int) -> dict:
   return {k: np.stack([v] * batch_size) for k, v in first.items()}
 
 
-def evaluate(predict_fn, params, source, config, annotations_by_qid) -> tuple[dict, list[dict]]:
-  """Predicts every query of ``source`` and scores the submission with the QVHighlights metrics."""
+def predict(predict_fn, params, source, config) -> list[dict]:
+  """Submission records for every query of ``source`` (this process's share)."""
+  annotations_by_qid = {a.qid: a for a in source.annotations}
   records = []
   for batch in pipeline.eval_batches(source, config.eval_batch_size, jax.process_index(),
                                      jax.process_count()):
     outputs = jax.device_get(predict_fn(params, batch))
     records += predictions.to_submission_records(outputs, batch, annotations_by_qid)
-  gt = [annotations_by_qid[r["qid"]] for r in records]
-  metrics = qvh_metrics.evaluate_annotations(records, gt)
-  return metrics, records
+  return records
+
+
+def score(records: list[dict], source, evals) -> dict:
+  """Runs each evaluator of ``evals`` on the records; their "brief" dicts are merged."""
+  for name in evals:
+    if name not in EVALUATORS:
+      raise ValueError(f"config.evals: unknown evaluator '{name}', choose from {sorted(EVALUATORS)}")
+  ground_truth = [a.to_record() for a in source.annotations]
+  metrics = {"brief": {}}
+  for name in evals:
+    result = EVALUATORS[name](records, ground_truth)
+    metrics["brief"].update(result["brief"])
+    metrics[name] = result
+  return metrics
 
 
 class _Log:
@@ -90,7 +111,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         training=True)
   eval_source = dataset.example_source(config.data, config.eval_split,
                                        with_captions=with_captions, training=False)
-  annotations_by_qid = {a.qid: a for a in eval_source.annotations}
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
 
@@ -133,7 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   **{f"train/{k}": v for k, v in train_means.items()})
         logging.info("step %d epoch %d loss %.4f", step, position.epoch, train_means["loss"])
       if eval_now:
-        metrics, _ = evaluate(predict_fn, state.params, eval_source, config, annotations_by_qid)
+        records = predict(predict_fn, state.params, eval_source, config)
+        metrics = score(records, eval_source, config.evals)
         log.write(step=step, epoch=position.epoch + 1,
                   **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()})
         logging.info("step %d %s: %s", step, config.eval_split, metrics["brief"])

@@ -1,0 +1,288 @@
+"""Annotation parsing (real fixtures), feature validation, padding/masks, determinism, sharding."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, TINY_SYNTHETIC, tiny_config
+from lmr_jax.data import annotations as annotations_lib
+from lmr_jax.data import dataset, features, pipeline, synthetic
+from lmr_jax.data.annotations import DataError
+
+REAL_FILES = {
+    "highlight_train_release.jsonl": (5, True),
+    "highlight_val_release.jsonl": (4, True),
+    "highlight_test_release.jsonl": (4, False),
+    "highlight_test_with_gt.jsonl": (4, True),
+    "charades_sta_train_tvr_format.jsonl": (4, True),
+    "charades_sta_test_tvr_format.jsonl": (4, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_FILES))
+def test_real_annotation_files_parse(name):
+  anns = annotations_lib.load_annotations(os.path.join(FIXTURES, "annotations", name))
+  count, labelled = REAL_FILES[name]
+  assert len(anns) == count
+  assert all(a.has_labels == labelled for a in anns)
+  for a in anns:
+    assert all(0 <= st < ed <= a.duration for st, ed in a.windows)
+    assert len(a.relevant_clip_ids) == len(a.saliency_scores)
+
+
+def test_qvh_line_fields():
+  anns = annotations_lib.load_annotations(
+      os.path.join(FIXTURES, "annotations", "highlight_val_release.jsonl"))
+  first = anns[0]
+  assert (first.qid, first.vid, first.duration) == (2579, "NUsG9BgSes0_210.0_360.0", 150.0)
+  assert first.windows == ((82.0, 150.0),)
+  assert first.relevant_clip_ids[0] == 41 and first.saliency_scores[0] == (1, 1, 2)
+  many = annotations_lib.load_annotations(
+      os.path.join(FIXTURES, "annotations", "highlight_train_release.jsonl"))[-1]
+  assert len(many.windows) == 24
+
+
+GOOD = {"qid": 1, "query": "a man cooks", "duration": 20, "vid": "v1",
+        "relevant_windows": [[2, 6]], "relevant_clip_ids": [1, 2], "saliency_scores": [[1, 2, 3]] * 2}
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"qid": 1, "query": ', "malformed JSON"),
+    (json.dumps({k: v for k, v in GOOD.items() if k != "vid"}), "missing key 'vid'"),
+    (json.dumps(dict(GOOD, query="  ")), "empty query"),
+    (json.dumps(dict(GOOD, relevant_windows=[[15, 25]])), "outside [0, duration=20]"),
+    (json.dumps(dict(GOOD, relevant_windows=[[-1, 5]])), "outside"),
+    (json.dumps(dict(GOOD, relevant_windows=[[6, 6]])), "or empty"),
+    (json.dumps(dict(GOOD, duration=-3)), "'duration' must be a positive number"),
+    (json.dumps(dict(GOOD, qid="7")), "'qid' must be an integer"),
+    (json.dumps(dict(GOOD, saliency_scores=[[1, 2, 3]])), "2 relevant_clip_ids but 1"),
+    (json.dumps(dict(GOOD, saliency_scores=[[1, 9, 3]] * 2)), "must be integers in [0, 4]"),
+    (json.dumps(GOOD), "duplicate qid 1 (first at line 1)"),
+])
+def test_bad_annotation_line_names_file_and_line(tmp_path, line, message):
+  path = tmp_path / "ann.jsonl"
+  path.write_text(json.dumps(GOOD) + "\n" + line + "\n")
+  with pytest.raises(DataError) as e:
+    annotations_lib.load_annotations(path)
+  text = str(e.value)
+  assert text.startswith(f"{path}:2: ") and message in text and "\n" not in text
+
+
+def _spec(root, **changes):
+  values = dict(feat_root=root, visual_streams=("a", "b"), visual_dims=(4, 3),
+                query_feat_dir="q", query_dim=5, caption_feat_dir="c", caption_query_feat_dir="cq",
+                caption_dim=6, clip_len=2.0, max_clips=8, max_query_tokens=4)
+  values.update(changes)
+  return features.FeatureSpec(**values)
+
+
+def _write(root, directory, name, **arrays):
+  os.makedirs(os.path.join(root, directory), exist_ok=True)
+  np.savez(os.path.join(root, directory, name), **arrays)
+
+
+def test_video_streams_normalised_cut_and_tef(tmp_path):
+  root = str(tmp_path)
+  rng = np.random.default_rng(0)
+  _write(root, "a", "v.npz", features=rng.normal(size=(10, 4)) * 5)
+  _write(root, "b", "v.npz", features=rng.normal(size=(9, 3)))
+  _write(root, "c", "v.npz", features=rng.normal(size=(10, 6)))
+  video = features.load_video(_spec(root), "v", with_captions=True)
+  assert video.num_clips_on_disk == 9  # cut to the shortest stream
+  assert video.visual.shape == (8, 4 + 3 + 2) and video.caption.shape == (8, 6)  # max_clips=8
+  np.testing.assert_allclose(np.linalg.norm(video.visual[:, :4], axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(video.visual[:, 4:7], axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(video.visual[:, 7:], np.stack([np.arange(8) / 8, np.arange(1, 9) / 8], 1))
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda r: None, "missing feature file (vid v)"),
+    (lambda r: _write(r, "a", "v.npz", feats=np.zeros((3, 4))), "no key 'features'"),
+    (lambda r: _write(r, "a", "v.npz", features=np.zeros((3, 5))), "expected (N, 4)"),
+    (lambda r: _write(r, "a", "v.npz", features=np.array([[0, 1, np.nan, 0]] * 3)),
+     "NaN/inf values (first in row 0)"),
+    (lambda r: _write(r, "a", "v.npz", features=np.zeros((0, 4))), "is empty"),
+    (lambda r: open(os.path.join(r, "a", "v.npz"), "w").write("not a zip"), "unreadable npz"),
+])
+def test_bad_feature_file_is_one_line_error_naming_file(tmp_path, setup, message):
+  root = str(tmp_path)
+  os.makedirs(os.path.join(root, "a"), exist_ok=True)
+  setup(root)
+  with pytest.raises(DataError) as e:
+    features.load_video(_spec(root), "v", with_captions=False)
+  assert str(e.value).startswith(os.path.join(root, "a", "v.npz")) and message in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_query_tokens_truncated_and_validated(tmp_path):
+  root = str(tmp_path)
+  _write(root, "q", "qid3.npz", last_hidden_state=np.ones((9, 5)))
+  assert features.load_query_tokens(_spec(root), 3, caption_encoder=False).shape == (4, 5)
+  _write(root, "cq", "qid3.npz", last_hidden_state=np.ones((9, 5)))
+  with pytest.raises(DataError, match=r"qid3.npz: key 'last_hidden_state' has shape \(9, 5\)"):
+    features.load_query_tokens(_spec(root), 3, caption_encoder=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_sources(tiny_data_root):
+  config = tiny_config(tiny_data_root)
+  train = dataset.example_source(config.data, "train", with_captions=True, training=True)
+  val = dataset.example_source(config.data, "val", with_captions=True, training=False)
+  return config, train, val
+
+
+def test_examples_are_padded_with_masks(tiny_sources):
+  config, train, _ = tiny_sources
+  for i in range(len(train)):
+    ex = train.example(i)
+    ann = train.annotations[i]
+    n = int(ex["video_mask"].sum())
+    assert ex["video_feats"].shape == (config.data.max_clips, 24 + 16 + 2)
+    assert not ex["video_feats"][n:].any() and not ex["caption_feats"][n:].any()
+    assert ex["duration"] == pytest.approx(min(ann.duration, n * config.data.clip_len))
+    w = ex["windows"][ex["window_mask"]] * ex["duration"]
+    np.testing.assert_allclose(w, np.asarray(ann.windows), atol=1e-4)
+    assert not ex["windows"][~ex["window_mask"]].any()
+    q = int(ex["query_mask"].sum())
+    assert q >= 3 and not ex["query_feats"][q:].any()
+    assert ex["saliency"][list(ann.relevant_clip_ids)].min() >= 3  # three annotators, each >= 1
+    assert not ex["saliency"][n:].any()
+
+
+def test_window_subset_and_truncation_policy(tmp_path):
+  root = str(tmp_path)
+  rng = np.random.default_rng(1)
+  for d, dim in (("a", 4), ("b", 3), ("c", 6)):
+    _write(root, d, "v.npz", features=rng.normal(size=(12, dim)))
+  _write(root, "q", "qid1.npz", last_hidden_state=np.ones((3, 5)))
+  _write(root, "cq", "qid1.npz", last_hidden_state=np.ones((3, 6)))
+  windows = [[0, 2], [4, 6], [8, 10], [12, 14], [16, 18], [20, 22]]
+  ann = annotations_lib.parse_annotation(
+      {"qid": 1, "query": "x", "duration": 24, "vid": "v", "relevant_windows": windows}, "t:1")
+  source = pipeline.ExampleSource([ann], _spec(root, max_clips=10), with_captions=True,
+                                  max_windows=3, training=True)
+  ex = source.example(0, np.random.default_rng(0))
+  assert ex["duration"] == 20.0  # 10 clips of 2 s kept of 12
+  assert ex["window_mask"].all()  # 5 windows start before 20 s; a random 3 of them are kept
+  kept = ex["windows"] * 20
+  assert set(map(tuple, kept.tolist())) <= {tuple(map(float, w)) for w in windows[:5]}
+  # Charades-style: no saliency scores -> clips overlapping the windows are salient.
+  assert set(np.flatnonzero(ex["saliency"])) <= {0, 2, 4, 6, 8}
+
+
+def test_training_query_without_window_in_kept_clips_is_dropped(tmp_path, caplog):
+  root = str(tmp_path)
+  for d, dim in (("a", 4), ("b", 3)):
+    _write(root, d, "v.npz", features=np.ones((12, dim)))
+  _write(root, "q", "qid1.npz", last_hidden_state=np.ones((3, 5)))
+  _write(root, "q", "qid2.npz", last_hidden_state=np.ones((3, 5)))
+  anns = [annotations_lib.parse_annotation(
+      {"qid": q, "query": "x", "duration": 24, "vid": "v", "relevant_windows": [w]}, f"t:{q}")
+      for q, w in ((1, [18, 22]), (2, [2, 4]))]
+  source = pipeline.ExampleSource(anns, _spec(root, max_clips=8), with_captions=False,
+                                  max_windows=5, training=True)
+  assert [a.qid for a in source.annotations] == [2]
+  assert "1 training queries dropped" in caplog.text and "truncated" in caplog.text
+
+
+def _all_batches(train, n, **kw):
+  it = pipeline.train_batches(train, 4, seed=5, **kw)
+  return [next(it) for _ in range(n)]
+
+
+def test_train_order_deterministic_and_resumable(tiny_sources):
+  _, train, _ = tiny_sources
+  steps = pipeline.steps_per_epoch(len(train), 4)
+  run = _all_batches(train, 2 * steps + 1)
+  again = _all_batches(train, 2 * steps + 1)
+  for (p1, b1), (p2, b2) in zip(run, again):
+    assert p1 == p2
+    for k in b1:
+      np.testing.assert_array_equal(b1[k], b2[k])
+  # Epochs are different permutations.
+  assert not np.array_equal(run[0][1]["qid"], run[steps][1]["qid"])
+  # Resuming at any position yields exactly the remaining batches.
+  start = run[steps + 1][0]
+  resumed = _all_batches(train, steps, start=start)
+  for (p1, b1), (p2, b2) in zip(run[steps + 1:], resumed):
+    assert p1 == p2
+    np.testing.assert_array_equal(b1["qid"], b2["qid"])
+    np.testing.assert_array_equal(b1["windows"], b2["windows"])
+  other_seed = next(pipeline.train_batches(train, 4, seed=6))[1]
+  assert not np.array_equal(other_seed["qid"], run[0][1]["qid"])
+
+
+def test_per_process_shards_are_disjoint_and_cover_the_epoch(tiny_sources):
+  _, train, _ = tiny_sources
+  steps = pipeline.steps_per_epoch(len(train), 4)
+  shards = []
+  for p in range(2):
+    it = pipeline.train_batches(train, 4, seed=5, process_index=p, process_count=2)
+    shards.append(np.concatenate([next(it)[1]["qid"] for _ in range(steps)]))
+  assert len(shards[0]) == len(shards[1]) == 2 * steps
+  assert not set(shards[0]) & set(shards[1])
+  whole = np.concatenate([b["qid"] for _, b in _all_batches(train, steps)])
+  assert set(whole) == set(shards[0]) | set(shards[1])
+  with pytest.raises(ValueError, match="not divisible"):
+    next(pipeline.train_batches(train, 4, seed=5, process_index=0, process_count=3))
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_eval_keeps_every_query_and_masks_padding(tiny_sources, process_count):
+  _, _, val = tiny_sources
+  per_process = [list(pipeline.eval_batches(val, 2 * process_count, p, process_count))
+                 for p in range(process_count)]
+  assert len({len(b) for b in per_process}) == 1  # same number of batches everywhere
+  qids = [q for batches in per_process for b in batches for q in b["qid"][b["example_mask"]]]
+  assert sorted(qids) == sorted(a.qid for a in val.annotations)
+  last = per_process[0][-1]
+  assert last["qid"].shape == (2,)
+
+
+def test_synthetic_generator_is_seeded(tmp_path):
+  small = synthetic.SyntheticConfig(**dict(vars(TINY_SYNTHETIC), train_videos=2, val_videos=1,
+                                           test_videos=1))
+  a = synthetic.generate(small, str(tmp_path / "a"))
+  b = synthetic.generate(small, str(tmp_path / "b"))
+  for split in a:
+    assert open(a[split]).read() == open(b[split]).read()
+  x = np.load(tmp_path / "a/features/clip_features/syn_train_00000.npz")["features"]
+  y = np.load(tmp_path / "b/features/clip_features/syn_train_00000.npz")["features"]
+  np.testing.assert_array_equal(x, y)
+  test_lines = [json.loads(l) for l in open(a["test"])]
+  assert all("relevant_windows" not in r for r in test_lines)
+
+
+def test_synthetic_target_and_distractor_look_alike_but_captions_differ(tiny_data_root):
+  """The benchmark's premise: a distractor event exists with the target's actor and action, its
+  clips' visual features match the target's, and only the captions tell the scenes apart."""
+  anns = annotations_lib.load_annotations(os.path.join(tiny_data_root, "annotations", "train.jsonl"))
+  checked = 0
+  for ann in anns:
+    words = ann.query
+    scene = next(s for s in synthetic.SCENES if s in words)
+    actor = max((a for a in synthetic.ACTORS if a in words), key=len)
+    action = next(a for a in synthetic.ACTIONS if a in words)
+    clip = np.load(os.path.join(tiny_data_root, "features/clip_features", f"{ann.vid}.npz"))
+    feats = clip["features"].astype(np.float32)
+    captions = np.load(os.path.join(tiny_data_root, "features/caption_features",
+                                    f"{ann.vid}.npz"))["captions"]
+    target = set(ann.relevant_clip_ids)
+    target_mean = feats[sorted(target)].mean(0)
+    # Distractor clips: same actor and action, not in a target window, another scene named.
+    distractors = [c for c, text in enumerate(captions)
+                   if c not in target and f" {actor} " in f" {text} " and action in text
+                   and scene not in text
+                   and any(s in text for s in synthetic.SCENES)]
+    if not distractors:
+      continue  # the distractor's captions may all have dropped the scene
+    distractor_mean = feats[distractors].mean(0)
+    background_mean = feats[[c for c, t in enumerate(captions)
+                             if t in synthetic.BACKGROUND_CAPTIONS]].mean(0)
+    cos = lambda u, v: u @ v / np.linalg.norm(u) / np.linalg.norm(v)  # noqa: E731
+    assert cos(target_mean, distractor_mean) > cos(target_mean, background_mean) + 0.2
+    assert all(scene not in captions[c] for c in distractors)
+    checked += 1
+  assert checked >= len(anns) // 3

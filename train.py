@@ -1,0 +1,32 @@
+r"""Trains LMR: a thin absl entry point around ``lmr_jax.training.trainer.train_and_evaluate``.
+
+  python train.py --config=configs/synthetic.py --workdir=workdir/synthetic
+  python train.py --config=configs/qvh.py --workdir=workdir/qvh --config.batch_size=16
+
+Rerunning the same command in the same workdir resumes from its latest checkpoint.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from lmr_jax.training import trainer  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here; resumes from it.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.info("Config:\n%s", _CONFIG.value)
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
