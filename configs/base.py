@@ -22,6 +22,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.caption_query_feat_dir = "caption_query_features"
   config.data.caption_dim = 4096  # Llama-7B's embedding width
   config.data.clip_len = 2.0
+  config.data.caption_clip_len = 2.0  # seconds per caption; captions are mapped onto visual clips
   config.data.max_clips = 75
   config.data.max_query_tokens = 32
   config.data.max_windows = 5

@@ -6,9 +6,16 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from lmr_jax.data import synthetic  # noqa: E402
+
+# Every train_and_evaluate call jits its step anew; the persistent cache turns the repeats into loads.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="lmr_test_jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

@@ -73,7 +73,7 @@ def test_bad_annotation_line_names_file_and_line(tmp_path, line, message):
 def _spec(root, **changes):
   values = dict(feat_root=root, visual_streams=("a", "b"), visual_dims=(4, 3),
                 query_feat_dir="q", query_dim=5, caption_feat_dir="c", caption_query_feat_dir="cq",
-                caption_dim=6, clip_len=2.0, max_clips=8, max_query_tokens=4)
+                caption_dim=6, clip_len=2.0, caption_clip_len=2.0, max_clips=8, max_query_tokens=4)
   values.update(changes)
   return features.FeatureSpec(**values)
 
@@ -114,6 +114,13 @@ def test_bad_feature_file_is_one_line_error_naming_file(tmp_path, setup, message
     features.load_video(_spec(root), "v", with_captions=False)
   assert str(e.value).startswith(os.path.join(root, "a", "v.npz")) and message in str(e.value)
   assert "\n" not in str(e.value)
+
+
+def test_captions_mapped_onto_shorter_visual_clips():
+  captions = np.arange(3, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)  # 3 x 2 s
+  mapped = features.captions_per_clip(captions, 2.0, 0.5)  # 12 clips of 0.5 s
+  np.testing.assert_array_equal(mapped[:, 0], np.repeat([0, 1, 2], 4))
+  assert features.captions_per_clip(captions, 2.0, 2.0) is captions
 
 
 def test_query_tokens_truncated_and_validated(tmp_path):

@@ -19,7 +19,7 @@ def feature_spec(data: ml_collections.ConfigDict) -> features_lib.FeatureSpec:
       visual_dims=tuple(data.visual_dims), query_feat_dir=data.query_feat_dir,
       query_dim=data.query_dim, caption_feat_dir=data.caption_feat_dir,
       caption_query_feat_dir=data.caption_query_feat_dir, caption_dim=data.caption_dim,
-      clip_len=data.clip_len, max_clips=data.max_clips, max_query_tokens=data.max_query_tokens,
+      clip_len=data.clip_len, caption_clip_len=data.caption_clip_len, max_clips=data.max_clips, max_query_tokens=data.max_query_tokens,
       use_tef=data.use_tef)
 
 

@@ -29,6 +29,7 @@ class FeatureSpec:
   caption_query_feat_dir: str  # query tokens from the caption text encoder
   caption_dim: int
   clip_len: float  # seconds per clip
+  caption_clip_len: float  # seconds per caption (2 s for VideoChat captions)
   max_clips: int
   max_query_tokens: int
   use_tef: bool = True
@@ -77,6 +78,21 @@ def temporal_endpoints(num_clips: int) -> np.ndarray:
   return np.stack([starts, starts + 1.0 / num_clips], axis=1)
 
 
+def captions_per_clip(caption_CxD: np.ndarray, caption_clip_len: float,
+                      clip_len: float) -> np.ndarray:
+  """Maps per-caption rows onto visual clips: clip i takes the caption covering its midpoint.
+
+  Identity when both use the same clip length (QVHighlights); for Charades-STA's 1/6 s VGG clips each
+  2 s caption serves 12 clips. The result covers the captioned time only.
+  """
+  if np.isclose(caption_clip_len, clip_len):
+    return caption_CxD
+  num_clips = int(np.floor(caption_CxD.shape[0] * caption_clip_len / clip_len + 1e-6))
+  midpoints = (np.arange(num_clips) + 0.5) * clip_len
+  rows = np.minimum((midpoints / caption_clip_len).astype(int), caption_CxD.shape[0] - 1)
+  return caption_CxD[rows]
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoFeatures:
   visual: np.ndarray  # (L, video_dim)
@@ -91,12 +107,13 @@ def load_video(spec: FeatureSpec, vid: str, with_captions: bool) -> VideoFeature
                                   context))
       for d, dim in zip(spec.visual_streams, spec.visual_dims)
   ]
+  num_clips_on_disk = min(s.shape[0] for s in streams)
   caption = None
   if with_captions:
     caption = read_npz_array(os.path.join(spec.feat_root, spec.caption_feat_dir, f"{vid}.npz"),
                              "features", spec.caption_dim, context)
-  lengths = [s.shape[0] for s in streams] + ([caption.shape[0]] if caption is not None else [])
-  num_clips_on_disk = min(lengths)
+    caption = captions_per_clip(caption, spec.caption_clip_len, spec.clip_len)
+    num_clips_on_disk = min(num_clips_on_disk, caption.shape[0])
   num_clips = min(num_clips_on_disk, spec.max_clips)
   visual = np.concatenate([s[:num_clips] for s in streams], axis=1)
   if spec.use_tef:

@@ -2,10 +2,10 @@
 
 Each video is a sequence of events (actor, action, scene) separated by background clips. Visual features
 encode actor and action but not the scene -- the visual blind spot that LMR's caption context fills.
-Each query names actor + action + scene; its target event(s) always share actor and action with distractor
-events in other scenes, so a model that sees only the video can at best guess among them, while the
-per-clip captions (varied wording, as from randomly drawn instructions; sometimes without the scene) say
-where each event happens.
+Each query names actor + action + scene; its target event(s) always share actor and action with one or
+two other events of the same video in other scenes (each the target of another query), so a model that
+sees only the video can at best guess among them, while the per-clip captions (varied wording, as from
+randomly drawn instructions; sometimes without the scene) say where each event happens.
 
 Text features come from a fixed token-embedding table (a seeded vector per word: a stand-in for Llama's
 frozen embedding layer, and a second one for CLIP's text tokens).
@@ -67,14 +67,14 @@ class SyntheticConfig:
   train_videos: int = 600
   val_videos: int = 150
   test_videos: int = 150
-  queries_per_video: int = 2
   min_clips: int = 50
   max_clips: int = 75
   clip_len: float = 2.0
-  min_event_clips: int = 3
-  max_event_clips: int = 10
-  max_distractors: int = 2  # per query, each with the target's actor and action in another scene
-  second_target_prob: float = 0.3  # chance that a query has two relevant windows
+  min_event_clips: int = 5
+  max_event_clips: int = 15
+  max_core_events: int = 3  # events sharing actor and action (2..this), in different scenes
+  repeated_scene_prob: float = 0.3  # chance that a 3-event core repeats a scene (two windows)
+  max_other_events: int = 1
   caption_scene_missing_prob: float = 0.25
   visual_noise: float = 0.6
   slowfast_dim: int = 2304
@@ -109,22 +109,26 @@ class Event:
 
 def _plan_video(rng: np.random.Generator, cfg: SyntheticConfig, num_clips: int):
   """Picks the events of one video and the queries it answers; returns (events, queries) or None
-  when the events do not fit (the caller draws again)."""
-  events, queries, used_pairs = [], [], set()
-  for _ in range(cfg.queries_per_video):
+  when the events do not fit (the caller draws again).
+
+  The core is 2-3 events sharing one actor and action in different scenes (a scene may recur, giving
+  a query two windows); every distinct scene among them makes one query, so each query's target has
+  the others as look-alike distractors. ``max_other_events`` unrelated events fill the rest.
+  """
+  actor, action = int(rng.integers(len(ACTORS))), int(rng.integers(len(ACTIONS)))
+  num_core = int(rng.integers(2, cfg.max_core_events + 1))
+  scenes = [int(s) for s in rng.permutation(len(SCENES))[:num_core]]
+  if num_core >= 3 and rng.random() < cfg.repeated_scene_prob:
+    scenes[-1] = scenes[0]
+  events = [(actor, action, s) for s in scenes]
+  for _ in range(int(rng.integers(0, cfg.max_other_events + 1))):
     while True:
-      actor, action = int(rng.integers(len(ACTORS))), int(rng.integers(len(ACTIONS)))
-      if (actor, action) not in used_pairs:
+      other = (int(rng.integers(len(ACTORS))), int(rng.integers(len(ACTIONS))))
+      if other != (actor, action):
         break
-    used_pairs.add((actor, action))
-    scenes = rng.permutation(len(SCENES))
-    target_scene = int(scenes[0])
-    num_targets = 2 if rng.random() < cfg.second_target_prob else 1
-    num_distractors = int(rng.integers(1, cfg.max_distractors + 1))
-    first = len(events)
-    events += [(actor, action, target_scene)] * num_targets
-    events += [(actor, action, int(s)) for s in scenes[1:1 + num_distractors]]
-    queries.append((actor, action, target_scene, list(range(first, first + num_targets))))
+    events.append(other + (int(rng.integers(len(SCENES))),))
+  queries = [(actor, action, scene, [i for i, e in enumerate(events[:num_core]) if e[2] == scene])
+             for scene in dict.fromkeys(scenes)]
   order = rng.permutation(len(events))
   lengths = rng.integers(cfg.min_event_clips, cfg.max_event_clips + 1, size=len(events))
   spare = num_clips - int(lengths.sum())

@@ -28,6 +28,50 @@ def _manager(directory: str, keep: int, best_metric: str | None = None) -> ocp.C
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _key_name(key) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def array_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{"params/encoder_0/.../kernel": (shape, dtype)} of a state, abstract state or checkpoint metadata."""
+  return {"/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_fits(step_dir, abstract_state) -> None:
+  """Compares the saved arrays (names, shapes, dtypes; metadata only) with this config's state.
+
+  Orbax refuses a mismatch too, but names no array for a structure mismatch and, failing midway,
+  leaves reads in flight that print tracebacks at exit; this check fails first, in one line.
+  """
+  path = step_dir / "state"
+  try:
+    saved = array_specs(ocp.StandardCheckpointHandler().metadata(path))
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]})") from None
+  expected = array_specs(abstract_state)
+  # Parameter names first in examples: the optimizer moments repeat them and say less.
+  first = lambda names: min(names, key=lambda n: (not n.startswith("params/"), n))  # noqa: E731
+  differ = [n for n in expected.keys() & saved.keys() if expected[n] != saved[n]]
+  missing, extra = expected.keys() - saved.keys(), saved.keys() - expected.keys()
+  problems = []
+  if differ:
+    name = first(differ)
+    problems.append(f"{len(differ)} arrays differ (e.g. {name}: {saved[name][0]} {saved[name][1]} "
+                    f"saved, {expected[name][0]} {expected[name][1]} in this config)")
+  if missing:
+    problems.append(f"{len(missing)} arrays of this config are not saved (e.g. {first(missing)})")
+  if extra:
+    problems.append(f"{len(extra)} saved arrays are not in this config (e.g. {first(extra)})")
+  if problems:
+    raise CheckpointError(f"{step_dir}: does not fit this config's model: {'; '.join(problems)}; "
+                          "use the config (and --config overrides) it was trained with")
+
+
 class Checkpointer:
   """The latest-N and best-1 managers of one workdir."""
 
@@ -47,10 +91,13 @@ class Checkpointer:
 
   def resolve_step(self, which: str) -> tuple[ocp.CheckpointManager, int]:
     """'latest', 'best' or a step number -> (manager, step)."""
+    which = str(which)
     if which == "best":
       manager, step = self.best, self.best.best_step()
     elif which == "latest":
       manager, step = self.latest, self.latest.latest_step()
+    elif not which.isdigit():
+      raise CheckpointError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
     else:
       step = int(which)
       manager = self.latest if step in self.latest.all_steps() else self.best
@@ -65,13 +112,9 @@ class Checkpointer:
     """Restores (state, DataPosition); a shape or structure mismatch is a CheckpointError."""
     manager, step = self.resolve_step(which)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(
-          f"{manager.directory}/{step}: does not fit this config's model "
-          f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+    check_fits(manager.directory / str(step), target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     logging.info("Restored %s/%d", manager.directory, step)
     return restored.state, DataPosition(**restored.data)
 

@@ -58,7 +58,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+  metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -1,0 +1,48 @@
+r"""Evaluates a trained LMR checkpoint: a thin absl entry point around ``run_eval.evaluate_checkpoint``.
+
+  python eval.py --config=configs/qvh.py --workdir=workdir/qvh                  # best checkpoint, val
+  python eval.py --config=configs/qvh.py --workdir=workdir/qvh --cqval          # + C-QVal (Tab. IV)
+  python eval.py --config=configs/qvh.py --workdir=workdir/qvh --checkpoint=latest --split=test
+
+Writes ``submission.jsonl`` (and, for a labelled split, ``metrics.json``) to ``--output_dir``, by default
+``{workdir}/eval/{split}_{checkpoint}``. Pass the training config (with the same ``--config.x=y``
+overrides): a checkpoint that does not fit it is an error. Errors are one line on stderr, exit status 1.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from lmr_jax.evaluation import run_eval  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The training config (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir holding the checkpoints.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+_SPLIT = flags.DEFINE_string("split", None, "A key of config.data.annotation_files; default "
+                             "config.eval_split.")
+_CQVAL = flags.DEFINE_bool("cqval", False, "Also score the C-QVal complex-query splits (paper Tab. IV).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: {workdir}/eval/{split}_{checkpoint}.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.info("Config:\n%s", _CONFIG.value)
+  try:
+    run_eval.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value,
+                                 _CQVAL.value, _OUTPUT_DIR.value)
+  except run_eval.ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,100 @@
+"""Each loss term against values computed by hand."""
+
+import math
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import base
+from lmr_jax.losses import losses
+
+
+@pytest.fixture
+def cfg() -> ml_collections.ConfigDict:
+  return base.get_base_config().loss
+
+
+def _moment(cfg, target_se):
+  pred_cxw = jnp.array([[[0.5, 0.2], [0.3, 0.2]]])  # p0 = [0.4, 0.6], p1 = [0.2, 0.4]
+  logits = jnp.array([[[0.0, 1.0], [2.0, 0.0]]])
+  windows = jnp.array([[target_se, [0.0, 0.0]]])
+  return losses.moment_losses(pred_cxw, logits, windows, jnp.array([[True, False]]),
+                              jnp.array([True]), cfg)
+
+
+def test_moment_losses_exact_match(cfg):
+  terms = _moment(cfg, [0.2, 0.4])  # p1 exactly
+  assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
+  assert float(terms["span_giou"]) == pytest.approx(0.0, abs=1e-6)
+  # p1 is foreground: -log softmax([2, 0])[0]; p0 background (weight 0.1): -log softmax([0, 1])[1].
+  expected = (math.log(1 + math.exp(-2)) + 0.1 * math.log(1 + math.exp(-1))) / 1.1
+  assert float(terms["label"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_moment_losses_offset_target(cfg):
+  terms = _moment(cfg, [0.1, 0.3])  # p1 is cheaper (L1 0.1 vs 0.3 in cxw); IoU 1/3, hull 0.3
+  assert float(terms["span_l1"]) == pytest.approx(0.05, rel=1e-5)  # mean |(0.3,0.2)-(0.2,0.2)|
+  assert float(terms["span_giou"]) == pytest.approx(1 - 1 / 3, rel=1e-5)
+
+
+def test_padded_examples_contribute_nothing(cfg):
+  pred = jnp.array([[[0.5, 0.2]], [[0.9, 0.1]]])
+  logits = jnp.zeros((2, 1, 2))
+  windows = jnp.array([[[0.4, 0.6]], [[0.0, 0.5]]])
+  terms = losses.moment_losses(pred, logits, windows, jnp.array([[True], [True]]),
+                               jnp.array([True, False]), cfg)
+  assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_saliency_hinge_over_ordered_pairs():
+  scores = jnp.array([[0.1, 0.0, 0.5, 9.0]])
+  labels = jnp.array([[2.0, 0.0, 1.0, 0.0]])
+  mask = jnp.array([[True, True, True, False]])  # the 9.0 clip is padding
+  # Pairs (label_i > label_j): (0,1): 0.2+0-0.1 = 0.1; (0,2): 0.2+0.5-0.1 = 0.6; (2,1): 0.2-0.5 -> 0.
+  value = losses.saliency_hinge_loss(scores, labels, mask, jnp.array([True]), 0.2)
+  assert float(value) == pytest.approx(0.7 / 3, rel=1e-5)
+
+
+def test_rank_contrastive_two_clips():
+  scores = jnp.zeros((1, 2))
+  labels = jnp.array([[12.0, 0.0]])
+  mask = jnp.ones((1, 2), bool)
+  # Levels 1..11 each: one positive among two equal scores -> -log(1/2); QD-DETR divides by 12.
+  value = losses.rank_contrastive_loss(scores, None, labels, mask, jnp.array([True]), 1.0)
+  assert float(value) == pytest.approx(11 * math.log(2) / 12, rel=1e-5)
+  # With a negative video of equal scores, each level has 1 positive among 4 clips.
+  value = losses.rank_contrastive_loss(scores, scores, labels, mask, jnp.array([True]), 1.0)
+  assert float(value) == pytest.approx(11 * math.log(4) / 12, rel=1e-5)
+
+
+def test_inter_video_loss():
+  scores_neg = jnp.array([[0.0, math.log(3), 50.0]])
+  mask = jnp.array([[True, True, False]])
+  # -log(1 - sigmoid(0)) = log 2; sigmoid(log 3) = 3/4 -> -log(1/4) = log 4.
+  value = losses.inter_video_loss(scores_neg, mask, jnp.array([True]))
+  assert float(value) == pytest.approx(math.log(8), rel=1e-5)
+
+
+def test_total_loss_weights_every_term(cfg):
+  rng = np.random.default_rng(0)
+  outputs = {
+      "pred_spans": jnp.asarray(rng.uniform(0.2, 0.8, (2, 3, 4, 2)), jnp.float32),
+      "pred_logits": jnp.asarray(rng.normal(size=(2, 3, 4, 2)), jnp.float32),
+      "saliency": jnp.asarray(rng.normal(size=(3, 6)), jnp.float32),
+      "saliency_neg": jnp.asarray(rng.normal(size=(3, 6)), jnp.float32),
+  }
+  batch = {"windows": jnp.array([[[0.1, 0.3], [0.5, 0.9]]] * 3),
+           "window_mask": jnp.array([[True, False], [True, True], [True, False]]),
+           "example_mask": jnp.ones(3, bool), "video_mask": jnp.ones((3, 6), bool),
+           "saliency": jnp.asarray(rng.integers(0, 12, (3, 6)), jnp.float32)}
+  loss, terms = losses.total_loss(outputs, batch, cfg)
+  weights = {"span_l1": 10, "span_giou": 1, "label": 4, "saliency_hinge": 1,
+             "saliency_rank_contrastive": 1, "saliency_inter_video": 1}
+  expected = sum(weights[name.split("/")[-1]] * float(v) for name, v in terms.items())
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert "aux0/span_l1" in terms
+  cfg.aux_layers = False
+  _, terms = losses.total_loss(outputs, batch, cfg)
+  assert "aux0/span_l1" not in terms

@@ -1,0 +1,139 @@
+"""LMR forward: shapes, masks (padding never changes real outputs), and every ablation switch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from lmr_jax.data import dataset
+from lmr_jax.model.lmr import LMR
+from lmr_jax.training import trainer
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_data_root):
+  config = tiny_config(tiny_data_root)
+  source = dataset.example_source(config.data, "val", with_captions=True, training=False)
+  batch = {k: np.stack([source.example(i)[k] for i in range(4)]) for k in source.example(0)}
+  return config, batch
+
+
+def _apply(model_config, batch, train=False, seed=0):
+  """Initialises and applies the model in one jitted call (eager Flax is slow on CPU)."""
+  model = LMR(model_config)
+
+  def init_and_apply(batch):
+    variables = model.init(jax.random.key(seed), batch, train=False)
+    rngs = {"dropout": jax.random.key(1)} if train else None
+    return variables["params"], model.apply(variables, batch, train=train, rngs=rngs)
+
+  return jax.jit(init_and_apply)(batch)
+
+
+def test_output_shapes(setup):
+  config, batch = setup
+  _, out = _apply(config.model, batch, train=True)
+  b, k, layers = 4, config.model.num_queries, config.model.num_decoder_layers
+  assert out["pred_spans"].shape == (layers, b, k, 2)
+  assert out["pred_logits"].shape == (layers, b, k, 2)
+  assert out["saliency"].shape == out["saliency_neg"].shape == (b, config.data.max_clips)
+  assert ((out["pred_spans"] >= 0) & (out["pred_spans"] <= 1)).all()
+  _, single = _apply(config.model, {k: v[:1] for k, v in batch.items()}, train=True)
+  assert "saliency_neg" not in single  # no other query in a batch of one
+
+
+def _pad_to(x, axis, length):
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, length - x.shape[axis])
+  return np.pad(x, widths)
+
+
+def test_padding_does_not_change_real_outputs(setup):
+  config, batch = setup
+  padded = dict(batch)
+  for key in ("video_feats", "video_mask", "caption_feats", "saliency"):
+    padded[key] = _pad_to(batch[key], 1, batch[key].shape[1] + 9)
+  for key in ("query_feats", "query_mask", "caption_query_feats", "caption_query_mask"):
+    padded[key] = _pad_to(batch[key], 1, batch[key].shape[1] + 5)
+  params, out = _apply(config.model, batch)
+  out_padded = jax.jit(lambda p, b: LMR(config.model).apply({"params": p}, b, train=False))(
+      params, padded)
+  np.testing.assert_allclose(out["pred_spans"], out_padded["pred_spans"], atol=2e-5)
+  np.testing.assert_allclose(out["pred_logits"], out_padded["pred_logits"], atol=2e-5)
+  mask = batch["video_mask"]
+  num_clips = mask.shape[1]
+  np.testing.assert_allclose(np.where(mask, out["saliency"], 0),
+                             np.where(mask, out_padded["saliency"][:, :num_clips], 0), atol=2e-5)
+
+
+def test_masked_clips_are_ignored(setup):
+  """Changing the features of padded clips or padded query tokens changes nothing."""
+  config, batch = setup
+  noisy = dict(batch)
+  rng = np.random.default_rng(0)
+  for key, mask_key in (("video_feats", "video_mask"), ("caption_feats", "video_mask"),
+                        ("query_feats", "query_mask"), ("caption_query_feats", "caption_query_mask")):
+    noise = rng.normal(size=batch[key].shape).astype(np.float32)
+    noisy[key] = np.where(batch[mask_key][..., None], batch[key], noise)
+  params, out = _apply(config.model, batch)
+  out_noisy = jax.jit(lambda p, b: LMR(config.model).apply({"params": p}, b, train=False))(
+      params, noisy)
+  np.testing.assert_allclose(out["pred_spans"], out_noisy["pred_spans"], atol=2e-5)
+
+
+ABLATIONS = {
+    "use_caption_context": ("caption_proj", False),  # (param that appears/disappears, present?)
+    "use_visual": ("video_proj", False),
+    "language_queries": ("learned_queries", True),
+    "share_vqf": ("caption_vqf", True),
+    "use_vqf": ("visual_vqf", False),
+}
+
+
+@pytest.mark.parametrize("switch", sorted(ABLATIONS))
+def test_each_ablation_switch_changes_the_computation(setup, switch):
+  config, batch = setup
+  full_params, full = _apply(config.model, batch)
+  ablated_cfg = config.model.copy_and_resolve_references()
+  ablated_cfg[switch] = False
+  params, out = _apply(ablated_cfg, batch)
+  name, present = ABLATIONS[switch]
+  assert (name in params) == present and (name in full_params) != present
+  assert not np.allclose(full["pred_spans"], out["pred_spans"], atol=1e-4)
+
+
+def test_no_captions_model_needs_no_caption_inputs(setup):
+  config, batch = setup
+  cfg = config.model.copy_and_resolve_references()
+  cfg.use_caption_context = False
+  without = {k: v for k, v in batch.items() if not k.startswith("caption")}
+  _, out = _apply(cfg, without)
+  assert out["pred_spans"].shape[2] == config.model.num_queries
+
+
+def test_shared_vqf_has_one_set_of_weights(setup):
+  config, batch = setup
+  shared, _ = _apply(config.model, batch)
+  cfg = config.model.copy_and_resolve_references()
+  cfg.share_vqf = False
+  separate, _ = _apply(cfg, batch)
+  count = lambda p: sum(x.size for x in jax.tree.leaves(p))  # noqa: E731
+  assert count(separate) - count(shared) == count(separate["caption_vqf"])
+
+
+def test_num_queries_sets_the_number_of_moments(setup):
+  config, batch = setup
+  cfg = config.model.copy_and_resolve_references()
+  cfg.num_queries = 3
+  _, out = _apply(cfg, batch)
+  assert out["pred_spans"].shape[2] == 3
+
+
+def test_dropout_only_in_training(setup):
+  config, batch = setup
+  _, a = _apply(config.model, batch, train=False)
+  _, b = _apply(config.model, batch, train=False)
+  np.testing.assert_array_equal(a["pred_spans"], b["pred_spans"])
+  _, c = _apply(config.model, batch, train=True)
+  assert not jnp.allclose(a["pred_spans"], c["pred_spans"])
