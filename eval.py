@@ -19,6 +19,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from lmr_jax.evaluation import run_eval  # noqa: E402
+from lmr_jax.training import checkpoint  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The training config (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -34,6 +35,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  checkpoint.quiet_orbax_logs()
   logging.info("Config:\n%s", _CONFIG.value)
   try:
     run_eval.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value,

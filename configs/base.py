@@ -27,6 +27,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.max_query_tokens = 32
   config.data.max_windows = 5
   config.data.use_tef = True
+  # A `python -m lmr_jax.data.packed` --out_dir: read features from its TFDS datasets, not feat_root.
+  config.data.packed_dir = ""
   config.data.preload = True  # read and validate every feature file once, before training
   config.data.generate_synthetic = False  # write the synthetic benchmark first if it is missing
 

@@ -31,7 +31,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.model.num_heads = 2
   config.model.ffn_dim = 16
   config.model.num_queries = 5
-  config.model.update(dict(arg and {k: False for k in arg.split(",")}))
+  # `:use_caption_context,share_vqf` switches those model flags off (the ablations, in tests).
+  for switch in filter(None, arg.split(",")):
+    if switch not in config.model or not isinstance(config.model[switch], bool):
+      raise ValueError(f"tiny config: '{switch}' is not a boolean config.model switch")
+    config.model[switch] = False
 
   config.batch_size = 4
   config.eval_batch_size = 4

@@ -34,6 +34,10 @@ def ensure_synthetic(data: ml_collections.ConfigDict) -> None:
 
 def example_source(data: ml_collections.ConfigDict, split: str, *, with_captions: bool,
                    training: bool) -> ExampleSource:
+  if data.packed_dir:
+    from lmr_jax.data import packed  # tensorflow_datasets is imported only for packed data
+    return packed.packed_source(data.packed_dir, split, data, with_captions=with_captions,
+                                training=training)
   if split not in data.annotation_files:
     raise annotations_lib.DataError(
         f"config.data.annotation_files has no split '{split}' (has {sorted(data.annotation_files)})")

@@ -8,7 +8,7 @@ sees only the video can at best guess among them, while the per-clip captions (v
 randomly drawn instructions; sometimes without the scene) say where each event happens.
 
 Text features come from a fixed token-embedding table (a seeded vector per word: a stand-in for Llama's
-frozen embedding layer, and a second one for CLIP's text tokens).
+frozen embedding layer, and a second one for CLIP's text tokens, whose space the CLIP visual stream shares).
 
     python -m lmr_jax.data.synthetic --out_dir data/synthetic            # default benchmark (~10 s)
     python -m lmr_jax.data.synthetic --out_dir /tmp/s --train_videos 8 --val_videos 4 --test_videos 4
@@ -155,14 +155,26 @@ def _caption(rng: np.random.Generator, cfg: SyntheticConfig, event: Event | None
 
 
 class _VisualBasis:
-  """Fixed random directions per actor, action and background, per visual stream (no scene)."""
+  """Per visual stream, the direction of each actor, action and of the background (none per scene).
+
+  The CLIP stream lives in the space of the CLIP text tokens, as real CLIP image and text features do:
+  an actor's direction is the mean of its words' CLIP-text vectors. The SlowFast stream uses fixed
+  random directions, unrelated to any text.
+  """
 
   def __init__(self, cfg: SyntheticConfig):
+    if cfg.clip_dim != cfg.text_dim:
+      raise ValueError(f"clip_dim ({cfg.clip_dim}) must equal text_dim ({cfg.text_dim}): CLIP image "
+                       "and text features share one space")
     rng = np.random.default_rng([cfg.seed, 7])
-    self.streams = []
-    for dim in (cfg.slowfast_dim, cfg.clip_dim):
-      unit = lambda n: rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)  # noqa: E731
-      self.streams.append((unit(len(ACTORS)), unit(len(ACTIONS)), unit(1)))
+    random_unit = lambda n: (  # noqa: E731
+        rng.standard_normal((n, cfg.slowfast_dim)).astype(np.float32) / np.sqrt(cfg.slowfast_dim))
+    phrase = lambda words: embed_tokens(words, cfg.clip_dim, "clip").mean(0)  # noqa: E731
+    self.streams = [
+        (random_unit(len(ACTORS)), random_unit(len(ACTIONS)), random_unit(1)),
+        (np.stack([phrase(a) for a in ACTORS]), np.stack([phrase(a) for a in ACTIONS]),
+         phrase("background")[None]),
+    ]
 
   def features(self, rng, cfg, events: list[Event], num_clips: int) -> list[np.ndarray]:
     out = []

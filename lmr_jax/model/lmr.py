@@ -77,27 +77,32 @@ class LMR(nn.Module):
 
   def encode(self, streams, video_mask_BxL, *, train: bool):
     """VQF + video context modeling over ``streams`` = [(context_BxLxD, lang_BxTxD, lang_mask_BxT,
-    vqf, type_id)]; returns (F_m without the saliency token, its mask, saliency_BxL)."""
+    vqf, type_id)]; returns (F_m without the saliency token, its mask, saliency_BxL).
+
+    As in DETR, the clip positions are added to queries and keys of every attention layer (a clip and its
+    caption share one position), not mixed into the content.
+    """
     cfg = self.config
     batch_size, num_clips = video_mask_BxL.shape
-    positions = jnp.asarray(layers.sinusoidal_positions(num_clips, cfg.hidden_dim))
+    clip_positions = jnp.asarray(layers.sinusoidal_positions(num_clips, cfg.hidden_dim))
     tokens = []
     for context, lang, lang_mask, vqf, type_id in streams:
       if cfg.use_vqf:
         context = vqf(context, video_mask_BxL, lang, lang_mask, train=train)
-      tokens.append(context + positions + self.type_embed[type_id])
+      tokens.append(context + self.type_embed[type_id])
     sal = jnp.broadcast_to(self.saliency_token, (batch_size, 1, cfg.hidden_dim))
     x = jnp.concatenate([sal] + tokens, axis=1)
+    positions = jnp.concatenate([jnp.zeros((1, cfg.hidden_dim))] + [clip_positions] * len(tokens))
     mask = jnp.concatenate([jnp.ones((batch_size, 1), bool)] + [video_mask_BxL] * len(tokens), axis=1)
     attn_mask = layers.attention_mask(mask, mask)
     for block in self.encoder:
-      x = block(x, x, attn_mask, train=train)
+      x = block(x, x, attn_mask, train=train, pos_q=positions, pos_k=positions)
     sal_token, memory = x[:, 0], x[:, 1:]
     # Saliency over the first stream's clip tokens (the visual ones, or captions in w/o VFE).
     clips = memory[:, :num_clips]
     saliency = jnp.einsum("bd,bld->bl", self.saliency_query_proj(sal_token),
                           self.saliency_clip_proj(clips)) / jnp.sqrt(cfg.hidden_dim)
-    return memory, mask[:, 1:], saliency
+    return memory, mask[:, 1:], positions[1:], saliency
 
   def __call__(self, batch, *, train: bool):
     """Outputs per decoder layer; in training (batch > 1) also the saliency of each video paired with
@@ -122,12 +127,13 @@ class LMR(nn.Module):
       roll = lambda x: jnp.roll(x, 1, axis=0)  # noqa: E731
       streams = [(jnp.concatenate([c, c]), jnp.concatenate([q, roll(q)]),
                   jnp.concatenate([m, roll(m)]), vqf, t) for c, q, m, vqf, t in streams]
-      memory, memory_mask, saliency = self.encode(
+      memory, memory_mask, memory_positions, saliency = self.encode(
           streams, jnp.concatenate([video_mask, video_mask]), train=train)
       memory, memory_mask = memory[:batch_size], memory_mask[:batch_size]
       saliency, outputs["saliency_neg"] = saliency[:batch_size], saliency[batch_size:]
     else:
-      memory, memory_mask, saliency = self.encode(streams, video_mask, train=train)
+      memory, memory_mask, memory_positions, saliency = self.encode(streams, video_mask,
+                                                                    train=train)
     outputs["saliency"] = saliency  # (B, L)
 
     batch_size = memory.shape[0]
@@ -143,7 +149,7 @@ class LMR(nn.Module):
     hidden = []
     for self_block, cross_block in zip(self.decoder, self.decoder_cross):
       tgt = self_block(tgt, tgt, self_mask, train=train, pos_q=pos, pos_k=pos)
-      tgt = cross_block(tgt, memory, cross_mask, train=train, pos_q=pos)
+      tgt = cross_block(tgt, memory, cross_mask, train=train, pos_q=pos, pos_k=memory_positions)
       hidden.append(self.decoder_norm(tgt))
     hidden_NxBxKxD = jnp.stack(hidden)
     outputs["pred_spans"] = jax.nn.sigmoid(self.span_head(hidden_NxBxKxD))  # (layers, B, k, 2) cxw

@@ -13,8 +13,20 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from lmr_jax.data.pipeline import DataPosition
+
+
+def quiet_orbax_logs() -> None:
+  """Drops orbax's INFO records (a dozen per save) from the absl log; warnings and errors stay."""
+
+  class _Filter(logging.Filter):
+
+    def filter(self, record):
+      return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+  absl_logging.get_absl_handler().addFilter(_Filter())
 
 
 class CheckpointError(ValueError):
