@@ -21,14 +21,20 @@ from ml_collections import config_flags  # noqa: E402
 from lmr_jax.evaluation import run_eval  # noqa: E402
 from lmr_jax.training import checkpoint  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The training config (configs/*.py[:variant]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The training config (configs/*.py[:variant]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir holding the checkpoints.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-_SPLIT = flags.DEFINE_string("split", None, "A key of config.data.annotation_files; default "
-                             "config.eval_split.")
-_CQVAL = flags.DEFINE_bool("cqval", False, "Also score the C-QVal complex-query splits (paper Tab. IV).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: {workdir}/eval/{split}_{checkpoint}.")
+_SPLIT = flags.DEFINE_string(
+    "split", None, "A key of config.data.annotation_files; default " "config.eval_split."
+)
+_CQVAL = flags.DEFINE_bool(
+    "cqval", False, "Also score the C-QVal complex-query splits (paper Tab. IV)."
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Default: {workdir}/eval/{split}_{checkpoint}."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,8 +44,14 @@ def main(argv):
   checkpoint.quiet_orbax_logs()
   logging.info("Config:\n%s", _CONFIG.value)
   try:
-    run_eval.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value,
-                                 _CQVAL.value, _OUTPUT_DIR.value)
+    run_eval.evaluate_checkpoint(
+        _CONFIG.value,
+        _WORKDIR.value,
+        _CHECKPOINT.value,
+        _SPLIT.value,
+        _CQVAL.value,
+        _OUTPUT_DIR.value,
+    )
   except run_eval.ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

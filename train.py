@@ -15,8 +15,9 @@ from ml_collections import config_flags  # noqa: E402
 
 from lmr_jax.training import checkpoint, trainer  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here; resumes from it.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -27,15 +27,27 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   root = "data/charades_sta"
   config.data.name = "charades_sta"
   config.data.feat_root = f"{root}/features"
-  config.data.annotation_files = ml_collections.ConfigDict({
-      "train": f"{root}/charades_sta_train_tvr_format.jsonl",
-      "test": f"{root}/charades_sta_test_tvr_format.jsonl",
-  })
+  config.data.annotation_files = ml_collections.ConfigDict(
+      {
+          "train": f"{root}/charades_sta_train_tvr_format.jsonl",
+          "test": f"{root}/charades_sta_test_tvr_format.jsonl",
+      }
+  )
   variants = {
-      "": dict(visual_streams=("vgg_features/rgb_features",), visual_dims=(4096,), query_dim=300,
-               clip_len=1 / 6, max_clips=450),
-      "sf_clip": dict(visual_streams=("slowfast_features", "clip_features"),
-                      visual_dims=(2304, 512), query_dim=512, clip_len=1.0, max_clips=75),
+      "": dict(
+          visual_streams=("vgg_features/rgb_features",),
+          visual_dims=(4096,),
+          query_dim=300,
+          clip_len=1 / 6,
+          max_clips=450,
+      ),
+      "sf_clip": dict(
+          visual_streams=("slowfast_features", "clip_features"),
+          visual_dims=(2304, 512),
+          query_dim=512,
+          clip_len=1.0,
+          max_clips=75,
+      ),
   }
   if arg not in variants:
     raise ValueError(f"unknown charades variant '{arg}', choose from {sorted(variants)}")

@@ -27,11 +27,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   root = "data/qvhighlights"
   config.data.name = "qvhighlights"
   config.data.feat_root = f"{root}/features"
-  config.data.annotation_files = ml_collections.ConfigDict({
-      "train": f"{root}/highlight_train_release.jsonl",
-      "val": f"{root}/highlight_val_release.jsonl",
-      "test": f"{root}/highlight_test_release.jsonl",
-  })
+  config.data.annotation_files = ml_collections.ConfigDict(
+      {
+          "train": f"{root}/highlight_train_release.jsonl",
+          "val": f"{root}/highlight_val_release.jsonl",
+          "test": f"{root}/highlight_test_release.jsonl",
+      }
+  )
   variants = {
       "": dict(visual_streams=("slowfast_features", "clip_features"), visual_dims=(2304, 512)),
       "clip_only": dict(visual_streams=("clip_features",), visual_dims=(512,)),

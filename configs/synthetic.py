@@ -21,12 +21,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   root = "data/synthetic"
   config.data.name = "synthetic"
   config.data.feat_root = f"{root}/features"
-  config.data.annotation_files = ml_collections.ConfigDict({
-      "train": f"{root}/annotations/train.jsonl",
-      "val": f"{root}/annotations/val.jsonl",
-      "test": f"{root}/annotations/test.jsonl",
-      "test_with_gt": f"{root}/annotations/test_with_gt.jsonl",
-  })
+  config.data.annotation_files = ml_collections.ConfigDict(
+      {
+          "train": f"{root}/annotations/train.jsonl",
+          "val": f"{root}/annotations/val.jsonl",
+          "test": f"{root}/annotations/test.jsonl",
+          "test_with_gt": f"{root}/annotations/test_with_gt.jsonl",
+      }
+  )
   config.data.caption_dim = 512
   config.data.generate_synthetic = True
   config.data.synthetic = ml_collections.ConfigDict({"seed": 0})

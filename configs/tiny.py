@@ -18,9 +18,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   root = "data/tiny"
   config.data.name = "tiny"
   config.data.feat_root = f"{root}/features"
-  config.data.annotation_files = ml_collections.ConfigDict({
-      split: f"{root}/annotations/{split}.jsonl" for split in ("train", "val", "test",
-                                                               "test_with_gt")})
+  config.data.annotation_files = ml_collections.ConfigDict(
+      {
+          split: f"{root}/annotations/{split}.jsonl"
+          for split in ("train", "val", "test", "test_with_gt")
+      }
+  )
   config.data.visual_dims = (24, 16)
   config.data.query_dim = 16
   config.data.caption_dim = 20

@@ -17,13 +17,14 @@ from typing import Sequence
 
 from lmr_jax.evaluation.charades_metrics import eval_charades
 from lmr_jax.evaluation.qvh_metrics import eval_submission
-from lmr_jax.evaluation.submission import SubmissionError, atomic_write_text, read_ground_truth, \
-    read_submission
+from lmr_jax.evaluation.submission import SubmissionError, atomic_write_text, read_ground_truth, read_submission
 
 EVALUATORS = {"qvh": eval_submission, "charades": eval_charades}
 
 
-def evaluate(submission: Sequence[dict], ground_truth: Sequence[dict], dataset: str = "qvh") -> dict:
+def evaluate(
+    submission: Sequence[dict], ground_truth: Sequence[dict], dataset: str = "qvh"
+) -> dict:
   return EVALUATORS[dataset](submission, ground_truth)
 
 
@@ -31,7 +32,7 @@ def default_save_path(submission_path: str) -> str:
   """``<dir>/<stem>_metrics.json`` beside the submission, the stem without .jsonl / .jsonl.gz."""
   base = os.path.basename(submission_path)
   for ext in (".gz", ".jsonl", ".json"):
-    base = base[:-len(ext)] if base.endswith(ext) else base
+    base = base[: -len(ext)] if base.endswith(ext) else base
   return os.path.join(os.path.dirname(submission_path), f"{base}_metrics.json")
 
 
@@ -45,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--submission", required=True, help="predictions, JSON Lines (.gz ok)")
   parser.add_argument("--gt", required=True, help="ground-truth annotations, JSON Lines (.gz ok)")
-  parser.add_argument("--save_path", help="metrics json (default: <submission stem>_metrics.json beside it)")
+  parser.add_argument(
+      "--save_path", help="metrics json (default: <submission stem>_metrics.json beside it)"
+  )
   parser.add_argument("--dataset", choices=sorted(EVALUATORS), default="qvh")
   args = parser.parse_args(argv)
   try:

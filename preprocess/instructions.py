@@ -26,11 +26,11 @@ TABLE_I = (
 
 
 def sample_instructions(seed: int, vid: str, num_clips: int) -> list[str]:
-    """One Table I instruction per clip of video `vid`, in clip order.
+  """One Table I instruction per clip of video `vid`, in clip order.
 
-    The generator is seeded with (seed, sha256(vid)): Python's hash() is salted per process, so it would
-    give different instructions on every run.
-    """
-    vid_key = int.from_bytes(hashlib.sha256(vid.encode("utf-8")).digest()[:8], "little")
-    rng = np.random.default_rng([seed, vid_key])
-    return [TABLE_I[i] for i in rng.integers(len(TABLE_I), size=num_clips)]
+  The generator is seeded with (seed, sha256(vid)): Python's hash() is salted per process, so it would
+  give different instructions on every run.
+  """
+  vid_key = int.from_bytes(hashlib.sha256(vid.encode("utf-8")).digest()[:8], "little")
+  rng = np.random.default_rng([seed, vid_key])
+  return [TABLE_I[i] for i in rng.integers(len(TABLE_I), size=num_clips)]

@@ -25,99 +25,107 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """QVHighlights-style annotations: one JSON object per non-empty line."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+  """QVHighlights-style annotations: one JSON object per non-empty line."""
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def load_queries(paths: Iterable[str | os.PathLike]) -> dict[int, str]:
-    """qid -> query text over several annotation files (e.g. train/val/test of one dataset).
+  """qid -> query text over several annotation files (e.g. train/val/test of one dataset).
 
-    A qid that appears twice with different text would make `qid{qid}.npz` ambiguous, so it is an error.
-    """
-    queries: dict[int, str] = {}
-    for path in paths:
-        for row in read_jsonl(path):
-            qid, query = int(row["qid"]), row["query"]
-            if queries.setdefault(qid, query) != query:
-                raise ValueError(f"qid {qid} has two different queries ({path}): {queries[qid]!r} vs {query!r}")
-    return queries
+  A qid that appears twice with different text would make `qid{qid}.npz` ambiguous, so it is an error.
+  """
+  queries: dict[int, str] = {}
+  for path in paths:
+    for row in read_jsonl(path):
+      qid, query = int(row["qid"]), row["query"]
+      if queries.setdefault(qid, query) != query:
+        raise ValueError(
+            f"qid {qid} has two different queries ({path}): {queries[qid]!r} vs {query!r}"
+        )
+  return queries
 
 
 def load_vids(paths: Iterable[str | os.PathLike]) -> set[str]:
-    """The video ids referenced by annotation files."""
-    return {str(row["vid"]) for path in paths for row in read_jsonl(path)}
+  """The video ids referenced by annotation files."""
+  return {str(row["vid"]) for path in paths for row in read_jsonl(path)}
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of `size` items (the last may be shorter); itertools.batched needs Python 3.12."""
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+  """Consecutive lists of `size` items (the last may be shorter); itertools.batched needs Python 3.12."""
+  batch: list = []
+  for item in items:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """Write through a temporary file in the same directory, then rename it over `path`.
+  """Write through a temporary file in the same directory, then rename it over `path`.
 
-    os.replace is atomic on POSIX, so readers (and resumed runs) see either no file or a complete one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+  os.replace is atomic on POSIX, so readers (and resumed runs) see either no file or a complete one.
+  """
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, mode) as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Atomically write an uncompressed .npz (string arrays are stored as numpy unicode, never pickled)."""
-    _atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
+  """Atomically write an uncompressed .npz (string arrays are stored as numpy unicode, never pickled)."""
+  _atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
 
 
 def save_json(path: Path, obj: Any) -> None:
-    """Atomically write a UTF-8 JSON file."""
-    _atomic_write(path, lambda f: json.dump(obj, f, ensure_ascii=False, indent=1), "w")
+  """Atomically write a UTF-8 JSON file."""
+  _atomic_write(path, lambda f: json.dump(obj, f, ensure_ascii=False, indent=1), "w")
 
 
 def shard_keys(keys: Iterable, shard: int, num_shards: int) -> list:
-    """The keys shard `shard` of `num_shards` owns: every num_shards-th key of the sorted, de-duplicated list.
+  """The keys shard `shard` of `num_shards` owns: every num_shards-th key of the sorted, de-duplicated list.
 
-    Sorting makes the split independent of file listing order, so array-job tasks never overlap or miss a
-    key; striding (rather than contiguous blocks) spreads long and short items evenly over the shards.
-    """
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard must be in [0, {num_shards}), got {shard}")
-    return sorted(set(keys))[shard::num_shards]
+  Sorting makes the split independent of file listing order, so array-job tasks never overlap or miss a
+  key; striding (rather than contiguous blocks) spreads long and short items evenly over the shards.
+  """
+  if not 0 <= shard < num_shards:
+    raise ValueError(f"--shard must be in [0, {num_shards}), got {shard}")
+  return sorted(set(keys))[shard::num_shards]
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """Flags every CLI shares: output root, array-job sharding and logging."""
-    parser.add_argument("--out", required=True, type=Path, help="feature root (see docs/data_layout.md)")
-    parser.add_argument("--shard", type=int, default=0, help="index of this job in an array of --num_shards")
-    parser.add_argument("--num_shards", type=int, default=1, help="number of jobs the work is split into")
-    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+  """Flags every CLI shares: output root, array-job sharding and logging."""
+  parser.add_argument(
+      "--out", required=True, type=Path, help="feature root (see docs/data_layout.md)"
+  )
+  parser.add_argument(
+      "--shard", type=int, default=0, help="index of this job in an array of --num_shards"
+  )
+  parser.add_argument(
+      "--num_shards", type=int, default=1, help="number of jobs the work is split into"
+  )
+  parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @dataclass
 class RunReport:
-    """What one pass over a key list did; failures map key -> one-line reason."""
+  """What one pass over a key list did; failures map key -> one-line reason."""
 
-    name: str
-    done: int = 0
-    skipped: int = 0
-    failures: dict[str, str] = field(default_factory=dict)
+  name: str
+  done: int = 0
+  skipped: int = 0
+  failures: dict[str, str] = field(default_factory=dict)
 
 
 def run_keys(
@@ -128,40 +136,45 @@ def run_keys(
     work: Callable[[Any, Any], None],
     logger: logging.Logger,
 ) -> RunReport:
-    """Call `work(key, load())` (which writes `output_path(key)`) for each key whose output does not exist yet.
+  """Call `work(key, load())` (which writes `output_path(key)`) for each key whose output does not exist yet.
 
-    `load` (the models) is called once, and only if some key is left, so a finished shard loads nothing; it
-    runs outside the per-key error handling, so a model that cannot load stops the run instead of failing
-    every key. An exception from one key is logged as a single line and recorded; the run goes on with the
-    next key. KeyboardInterrupt and other BaseExceptions propagate: finished outputs are already on disk.
-    """
-    pending = [key for key in keys if not output_path(key).exists()]
-    report = RunReport(name, skipped=len(keys) - len(pending))
-    if not pending:
-        return report
-    loaded = load()
-    with logging_redirect_tqdm():
-        for key in tqdm(pending, desc=name, unit="item", dynamic_ncols=True):
-            try:
-                work(key, loaded)
-            except Exception as exc:  # noqa: BLE001 - any per-item failure must not stop the run
-                reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-                logger.error("%s %s failed: %s", name, key, reason)
-                logger.debug("traceback for %s", key, exc_info=True)
-                report.failures[str(key)] = reason
-            else:
-                report.done += 1
+  `load` (the models) is called once, and only if some key is left, so a finished shard loads nothing; it
+  runs outside the per-key error handling, so a model that cannot load stops the run instead of failing
+  every key. An exception from one key is logged as a single line and recorded; the run goes on with the
+  next key. KeyboardInterrupt and other BaseExceptions propagate: finished outputs are already on disk.
+  """
+  pending = [key for key in keys if not output_path(key).exists()]
+  report = RunReport(name, skipped=len(keys) - len(pending))
+  if not pending:
     return report
+  loaded = load()
+  with logging_redirect_tqdm():
+    for key in tqdm(pending, desc=name, unit="item", dynamic_ncols=True):
+      try:
+        work(key, loaded)
+      except Exception as exc:  # noqa: BLE001 - any per-item failure must not stop the run
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        logger.error("%s %s failed: %s", name, key, reason)
+        logger.debug("traceback for %s", key, exc_info=True)
+        report.failures[str(key)] = reason
+      else:
+        report.done += 1
+  return report
 
 
 def summarize(reports: Sequence[RunReport], logger: logging.Logger) -> int:
-    """Log one summary line per run plus every failure; return the process exit code (1 if anything failed)."""
-    failed = 0
-    for r in reports:
-        logger.info("%s: %d written, %d already done, %d failed", r.name, r.done, r.skipped, len(r.failures))
-        for key, reason in r.failures.items():
-            logger.error("  failed %s %s: %s", r.name, key, reason)
-        failed += len(r.failures)
-    if failed:
-        logger.error("%d item(s) failed; fix them and re-run the same command to finish (done items are kept)", failed)
-    return 1 if failed else 0
+  """Log one summary line per run plus every failure; return the process exit code (1 if anything failed)."""
+  failed = 0
+  for r in reports:
+    logger.info(
+        "%s: %d written, %d already done, %d failed", r.name, r.done, r.skipped, len(r.failures)
+    )
+    for key, reason in r.failures.items():
+      logger.error("  failed %s %s: %s", r.name, key, reason)
+    failed += len(r.failures)
+  if failed:
+    logger.error(
+        "%d item(s) failed; fix them and re-run the same command to finish (done items are kept)",
+        failed,
+    )
+  return 1 if failed else 0

@@ -35,113 +35,128 @@ logger = logging.getLogger("preprocess.text_features")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m preprocess.text_features",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+  p = argparse.ArgumentParser(
+      prog="python -m preprocess.text_features",
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument("--annotations", nargs="*", default=[], help="jsonl files whose queries to encode")
+  p.add_argument(
+      "--llama",
+      help="Llama checkpoint (hub id or directory) for caption and caption-query features",
+  )
+  p.add_argument(
+      "--embedding_key", default=EMBEDDING_KEY, help="safetensors name of the embedding table"
+  )
+  p.add_argument(
+      "--captions", type=Path, help="captions/{vid}.json directory (default: OUT/captions)"
+  )
+  p.add_argument(
+      "--clip", help="CLIP checkpoint for clip_text_features, e.g. openai/clip-vit-base-patch32"
+  )
+  io_utils.add_run_args(p)
+  runtime.add_device_args(p, half_on_gpu=False)
+  args = p.parse_args(argv)
+  if not (args.llama or args.clip):
+    p.error("nothing to do: pass --llama and/or --clip")
+  if args.clip and not args.annotations:
+    p.error("--clip encodes queries: pass --annotations")
+  return args
+
+
+def caption_features(
+    args: argparse.Namespace, embedder: Callable[[], LlamaEmbedder]
+) -> io_utils.RunReport:
+  captions_dir = args.captions or args.out / "captions"
+  available = [p.stem for p in captions_dir.glob("*.json")]
+  if not available:
+    logger.warning(
+        "no caption files in %s: run `python -m preprocess.captions` first", captions_dir
     )
-    p.add_argument("--annotations", nargs="*", default=[], help="jsonl files whose queries to encode")
-    p.add_argument("--llama", help="Llama checkpoint (hub id or directory) for caption and caption-query features")
-    p.add_argument("--embedding_key", default=EMBEDDING_KEY, help="safetensors name of the embedding table")
-    p.add_argument("--captions", type=Path, help="captions/{vid}.json directory (default: OUT/captions)")
-    p.add_argument("--clip", help="CLIP checkpoint for clip_text_features, e.g. openai/clip-vit-base-patch32")
-    io_utils.add_run_args(p)
-    runtime.add_device_args(p, half_on_gpu=False)
-    args = p.parse_args(argv)
-    if not (args.llama or args.clip):
-        p.error("nothing to do: pass --llama and/or --clip")
-    if args.clip and not args.annotations:
-        p.error("--clip encodes queries: pass --annotations")
-    return args
+  vids = io_utils.shard_keys(available, args.shard, args.num_shards)
 
+  def out_path(vid: str) -> Path:
+    return args.out / "caption_features" / f"{vid}.npz"
 
-def caption_features(args: argparse.Namespace, embedder: Callable[[], LlamaEmbedder]) -> io_utils.RunReport:
-    captions_dir = args.captions or args.out / "captions"
-    available = [p.stem for p in captions_dir.glob("*.json")]
-    if not available:
-        logger.warning("no caption files in %s: run `python -m preprocess.captions` first", captions_dir)
-    vids = io_utils.shard_keys(available, args.shard, args.num_shards)
+  def work(vid: str, llama: LlamaEmbedder) -> None:
+    with open(captions_dir / f"{vid}.json", encoding="utf-8") as f:
+      record = json.load(f)
+    io_utils.save_npz(
+        out_path(vid),
+        features=np.stack([llama.mean_vector(c) for c in record["captions"]]).astype(np.float32),
+        captions=np.array(record["captions"], dtype=str),
+        instructions=np.array(record["instructions"], dtype=str),
+    )
 
-    def out_path(vid: str) -> Path:
-        return args.out / "caption_features" / f"{vid}.npz"
-
-    def work(vid: str, llama: LlamaEmbedder) -> None:
-        with open(captions_dir / f"{vid}.json", encoding="utf-8") as f:
-            record = json.load(f)
-        io_utils.save_npz(
-            out_path(vid),
-            features=np.stack([llama.mean_vector(c) for c in record["captions"]]).astype(np.float32),
-            captions=np.array(record["captions"], dtype=str),
-            instructions=np.array(record["instructions"], dtype=str),
-        )
-
-    return io_utils.run_keys("caption_features", vids, out_path, embedder, work, logger)
+  return io_utils.run_keys("caption_features", vids, out_path, embedder, work, logger)
 
 
 def caption_query_features(
     args: argparse.Namespace, queries: dict[int, str], embedder: Callable[[], LlamaEmbedder]
 ) -> io_utils.RunReport:
-    qids = io_utils.shard_keys(queries, args.shard, args.num_shards)
+  qids = io_utils.shard_keys(queries, args.shard, args.num_shards)
 
-    def out_path(qid: int) -> Path:
-        return args.out / "caption_query_features" / f"qid{qid}.npz"
+  def out_path(qid: int) -> Path:
+    return args.out / "caption_query_features" / f"qid{qid}.npz"
 
-    def work(qid: int, llama: LlamaEmbedder) -> None:
-        vectors = llama.token_vectors(queries[qid])
-        if not len(vectors):
-            raise ValueError("the query has no tokens")
-        io_utils.save_npz(out_path(qid), last_hidden_state=vectors)
+  def work(qid: int, llama: LlamaEmbedder) -> None:
+    vectors = llama.token_vectors(queries[qid])
+    if not len(vectors):
+      raise ValueError("the query has no tokens")
+    io_utils.save_npz(out_path(qid), last_hidden_state=vectors)
 
-    return io_utils.run_keys("caption_query_features", qids, out_path, embedder, work, logger)
+  return io_utils.run_keys("caption_query_features", qids, out_path, embedder, work, logger)
 
 
 class ClipTextEncoder:
-    """CLIP's text tower: per-token final hidden states of one query."""
+  """CLIP's text tower: per-token final hidden states of one query."""
 
-    def __init__(self, checkpoint: str, device: torch.device, dtype: torch.dtype):
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = CLIPModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
-        self.device = device
-        # the tokenizer's limit (77 for OpenAI CLIP), never past the model's position table
-        self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+  def __init__(self, checkpoint: str, device: torch.device, dtype: torch.dtype):
+    self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    self.model = CLIPModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    self.device = device
+    # the tokenizer's limit (77 for OpenAI CLIP), never past the model's position table
+    self.max_length = min(
+        self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings
+    )
 
-    @torch.inference_mode()
-    def __call__(self, text: str) -> np.ndarray:
-        tokens = self.tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.model.text_model(**tokens.to(self.device)).last_hidden_state[0]
-        return hidden.float().cpu().numpy()
+  @torch.inference_mode()
+  def __call__(self, text: str) -> np.ndarray:
+    tokens = self.tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="pt")
+    hidden = self.model.text_model(**tokens.to(self.device)).last_hidden_state[0]
+    return hidden.float().cpu().numpy()
 
 
 def clip_text_features(args: argparse.Namespace, queries: dict[int, str]) -> io_utils.RunReport:
-    qids = io_utils.shard_keys(queries, args.shard, args.num_shards)
+  qids = io_utils.shard_keys(queries, args.shard, args.num_shards)
 
-    def out_path(qid: int) -> Path:
-        return args.out / "clip_text_features" / f"qid{qid}.npz"
+  def out_path(qid: int) -> Path:
+    return args.out / "clip_text_features" / f"qid{qid}.npz"
 
-    def load() -> ClipTextEncoder:
-        return ClipTextEncoder(args.clip, *runtime.resolve(args))
+  def load() -> ClipTextEncoder:
+    return ClipTextEncoder(args.clip, *runtime.resolve(args))
 
-    def work(qid: int, encoder: ClipTextEncoder) -> None:
-        io_utils.save_npz(out_path(qid), last_hidden_state=encoder(queries[qid]))
+  def work(qid: int, encoder: ClipTextEncoder) -> None:
+    io_utils.save_npz(out_path(qid), last_hidden_state=encoder(queries[qid]))
 
-    return io_utils.run_keys("clip_text_features", qids, out_path, load, work, logger)
+  return io_utils.run_keys("clip_text_features", qids, out_path, load, work, logger)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    io_utils.setup_logging(args.log_level)
-    queries = io_utils.load_queries(args.annotations)
-    # one embedding table for both Llama outputs, read only if one of them has work left
-    embedder = functools.cache(functools.partial(LlamaEmbedder, args.llama, args.embedding_key))
-    reports = []
-    if args.llama:
-        reports.append(caption_features(args, embedder))
-        if queries:
-            reports.append(caption_query_features(args, queries, embedder))
-    if args.clip:
-        reports.append(clip_text_features(args, queries))
-    return io_utils.summarize(reports, logger)
+  args = parse_args(argv)
+  io_utils.setup_logging(args.log_level)
+  queries = io_utils.load_queries(args.annotations)
+  # one embedding table for both Llama outputs, read only if one of them has work left
+  embedder = functools.cache(functools.partial(LlamaEmbedder, args.llama, args.embedding_key))
+  reports = []
+  if args.llama:
+    reports.append(caption_features(args, embedder))
+    if queries:
+      reports.append(caption_query_features(args, queries, embedder))
+  if args.clip:
+    reports.append(clip_text_features(args, queries))
+  return io_utils.summarize(reports, logger)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

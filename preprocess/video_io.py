@@ -24,107 +24,109 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 
 
 def find_videos(videos_dir: str | os.PathLike) -> dict[str, Path]:
-    """vid -> file for the videos in a directory; the vid is the file name without its extension."""
-    files = sorted(p for p in Path(videos_dir).iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-    videos: dict[str, Path] = {}
-    for p in files:
-        if p.stem in videos:
-            raise ValueError(f"two videos share the id {p.stem!r}: {videos[p.stem].name}, {p.name}")
-        videos[p.stem] = p
-    return videos
+  """vid -> file for the videos in a directory; the vid is the file name without its extension."""
+  files = sorted(p for p in Path(videos_dir).iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+  videos: dict[str, Path] = {}
+  for p in files:
+    if p.stem in videos:
+      raise ValueError(f"two videos share the id {p.stem!r}: {videos[p.stem].name}, {p.name}")
+    videos[p.stem] = p
+  return videos
 
 
 def select_videos(videos_dir: str | os.PathLike, annotations: list[str]) -> dict[str, Path | None]:
-    """vid -> file; with annotation files, exactly their vids (None where no file exists, to report it)."""
-    found = find_videos(videos_dir)
-    if not annotations:
-        return dict(found)
-    return {vid: found.get(vid) for vid in load_vids(annotations)}
+  """vid -> file; with annotation files, exactly their vids (None where no file exists, to report it)."""
+  found = find_videos(videos_dir)
+  if not annotations:
+    return dict(found)
+  return {vid: found.get(vid) for vid in load_vids(annotations)}
 
 
 def num_clips(duration: float, clip_len: float) -> int:
-    """Clips covering `duration` seconds; a remainder under 1 ms (container rounding) is not a clip."""
-    return max(1, math.ceil((duration - 1e-3) / clip_len))
+  """Clips covering `duration` seconds; a remainder under 1 ms (container rounding) is not a clip."""
+  return max(1, math.ceil((duration - 1e-3) / clip_len))
 
 
 def sample_times(duration: float, clip_len: float, frames_per_clip: int) -> np.ndarray:
-    """(num_clips, frames_per_clip) timestamps in seconds, ascending."""
-    starts = np.arange(num_clips(duration, clip_len)) * clip_len
-    ends = np.minimum(starts + clip_len, duration)
-    offsets = (np.arange(frames_per_clip) + 0.5) / frames_per_clip
-    return starts[:, None] + offsets[None, :] * (ends - starts)[:, None]
+  """(num_clips, frames_per_clip) timestamps in seconds, ascending."""
+  starts = np.arange(num_clips(duration, clip_len)) * clip_len
+  ends = np.minimum(starts + clip_len, duration)
+  offsets = (np.arange(frames_per_clip) + 0.5) / frames_per_clip
+  return starts[:, None] + offsets[None, :] * (ends - starts)[:, None]
 
 
 class ClipReader:
-    """An open video: `num_clips` is known up front; iterating decodes and yields one clip at a time.
+  """An open video: `num_clips` is known up front; iterating decodes and yields one clip at a time.
 
-    Each yielded array is uint8 (frames_per_clip, height, width, 3), RGB, at the video's own resolution
-    (the model processors resize). Use as a context manager so the file is closed on errors.
-    """
+  Each yielded array is uint8 (frames_per_clip, height, width, 3), RGB, at the video's own resolution
+  (the model processors resize). Use as a context manager so the file is closed on errors.
+  """
 
-    def __init__(self, path: str | os.PathLike, clip_len: float = 2.0, frames_per_clip: int = 1):
-        self.path = Path(path)
-        self._container = av.open(str(path))
-        try:
-            if not self._container.streams.video:
-                raise ValueError("no video stream")
-            self._stream = self._container.streams.video[0]
-            self._stream.thread_type = "AUTO"
-            self.duration = self._duration()
-            self.times = sample_times(self.duration, clip_len, frames_per_clip)
-        except BaseException:
-            self._container.close()
-            raise
+  def __init__(self, path: str | os.PathLike, clip_len: float = 2.0, frames_per_clip: int = 1):
+    self.path = Path(path)
+    self._container = av.open(str(path))
+    try:
+      if not self._container.streams.video:
+        raise ValueError("no video stream")
+      self._stream = self._container.streams.video[0]
+      self._stream.thread_type = "AUTO"
+      self.duration = self._duration()
+      self.times = sample_times(self.duration, clip_len, frames_per_clip)
+    except BaseException:
+      self._container.close()
+      raise
 
-    def _duration(self) -> float:
-        stream, container = self._stream, self._container
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            raise ValueError("the container reports no duration")
-        if not duration > 0:
-            raise ValueError(f"non-positive duration {duration}")
-        return duration
+  def _duration(self) -> float:
+    stream, container = self._stream, self._container
+    if stream.duration is not None and stream.time_base is not None:
+      duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+      duration = container.duration / av.time_base
+    else:
+      raise ValueError("the container reports no duration")
+    if not duration > 0:
+      raise ValueError(f"non-positive duration {duration}")
+    return duration
 
-    @property
-    def num_clips(self) -> int:
-        return len(self.times)
+  @property
+  def num_clips(self) -> int:
+    return len(self.times)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        # sample times are relative to the stream's first timestamp, which need not be 0 (e.g. cut clips)
-        start = float(self._stream.start_time * self._stream.time_base) if self._stream.start_time else 0.0
-        targets = self.times.ravel() + start
-        k = self.times.shape[1]
-        picked: list[np.ndarray] = []
+  def __iter__(self) -> Iterator[np.ndarray]:
+    # sample times are relative to the stream's first timestamp, which need not be 0 (e.g. cut clips)
+    start = (
+        float(self._stream.start_time * self._stream.time_base) if self._stream.start_time else 0.0
+    )
+    targets = self.times.ravel() + start
+    k = self.times.shape[1]
+    picked: list[np.ndarray] = []
 
-        def pick(frame: av.VideoFrame) -> Iterator[np.ndarray]:
-            picked.append(frame.to_ndarray(format="rgb24"))
-            if len(picked) == k:
-                yield np.stack(picked)
-                picked.clear()
+    def pick(frame: av.VideoFrame) -> Iterator[np.ndarray]:
+      picked.append(frame.to_ndarray(format="rgb24"))
+      if len(picked) == k:
+        yield np.stack(picked)
+        picked.clear()
 
-        taken, previous = 0, None
-        for frame in self._container.decode(self._stream):
-            if frame.time is None:
-                continue
-            # every target before this frame's timestamp shows the previous frame (or this one, if first)
-            while taken < len(targets) and frame.time > targets[taken]:
-                yield from pick(previous if previous is not None else frame)
-                taken += 1
-            previous = frame
-        if previous is None:
-            raise ValueError("no decodable video frames")
-        while taken < len(targets):  # targets after the last frame's timestamp: it stays on screen
-            yield from pick(previous)
-            taken += 1
+    taken, previous = 0, None
+    for frame in self._container.decode(self._stream):
+      if frame.time is None:
+        continue
+      # every target before this frame's timestamp shows the previous frame (or this one, if first)
+      while taken < len(targets) and frame.time > targets[taken]:
+        yield from pick(previous if previous is not None else frame)
+        taken += 1
+      previous = frame
+    if previous is None:
+      raise ValueError("no decodable video frames")
+    while taken < len(targets):  # targets after the last frame's timestamp: it stays on screen
+      yield from pick(previous)
+      taken += 1
 
-    def close(self) -> None:
-        self._container.close()
+  def close(self) -> None:
+    self._container.close()
 
-    def __enter__(self) -> ClipReader:
-        return self
+  def __enter__(self) -> ClipReader:
+    return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+  def __exit__(self, *exc) -> None:
+    self.close()

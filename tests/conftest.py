@@ -20,8 +20,19 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 TINY_SYNTHETIC = synthetic.SyntheticConfig(
-    seed=3, train_videos=12, val_videos=5, test_videos=3, min_clips=20, max_clips=24,
-    min_event_clips=2, max_event_clips=3, slowfast_dim=24, clip_dim=16, text_dim=16, caption_dim=20)
+    seed=3,
+    train_videos=12,
+    val_videos=5,
+    test_videos=3,
+    min_clips=20,
+    max_clips=24,
+    min_event_clips=2,
+    max_event_clips=3,
+    slowfast_dim=24,
+    clip_dim=16,
+    text_dim=16,
+    caption_dim=20,
+)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +45,7 @@ def tiny_data_root(tmp_path_factory):
 def tiny_config(root: str, arg: str = ""):
   """configs/tiny.py pointed at ``root`` (unlocked so tests can change fields)."""
   from configs import tiny
+
   config = tiny.get_config(arg).unlock()
   config.data.feat_root = os.path.join(root, "features")
   for split in config.data.annotation_files:

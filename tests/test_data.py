@@ -34,33 +34,45 @@ def test_real_annotation_files_parse(name):
 
 def test_qvh_line_fields():
   anns = annotations_lib.load_annotations(
-      os.path.join(FIXTURES, "annotations", "highlight_val_release.jsonl"))
+      os.path.join(FIXTURES, "annotations", "highlight_val_release.jsonl")
+  )
   first = anns[0]
   assert (first.qid, first.vid, first.duration) == (2579, "NUsG9BgSes0_210.0_360.0", 150.0)
   assert first.windows == ((82.0, 150.0),)
   assert first.relevant_clip_ids[0] == 41 and first.saliency_scores[0] == (1, 1, 2)
   many = annotations_lib.load_annotations(
-      os.path.join(FIXTURES, "annotations", "highlight_train_release.jsonl"))[-1]
+      os.path.join(FIXTURES, "annotations", "highlight_train_release.jsonl")
+  )[-1]
   assert len(many.windows) == 24
 
 
-GOOD = {"qid": 1, "query": "a man cooks", "duration": 20, "vid": "v1",
-        "relevant_windows": [[2, 6]], "relevant_clip_ids": [1, 2], "saliency_scores": [[1, 2, 3]] * 2}
+GOOD = {
+    "qid": 1,
+    "query": "a man cooks",
+    "duration": 20,
+    "vid": "v1",
+    "relevant_windows": [[2, 6]],
+    "relevant_clip_ids": [1, 2],
+    "saliency_scores": [[1, 2, 3]] * 2,
+}
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"qid": 1, "query": ', "malformed JSON"),
-    (json.dumps({k: v for k, v in GOOD.items() if k != "vid"}), "missing key 'vid'"),
-    (json.dumps(dict(GOOD, query="  ")), "empty query"),
-    (json.dumps(dict(GOOD, relevant_windows=[[15, 25]])), "outside [0, duration=20]"),
-    (json.dumps(dict(GOOD, relevant_windows=[[-1, 5]])), "outside"),
-    (json.dumps(dict(GOOD, relevant_windows=[[6, 6]])), "or empty"),
-    (json.dumps(dict(GOOD, duration=-3)), "'duration' must be a positive number"),
-    (json.dumps(dict(GOOD, qid="7")), "'qid' must be an integer"),
-    (json.dumps(dict(GOOD, saliency_scores=[[1, 2, 3]])), "2 relevant_clip_ids but 1"),
-    (json.dumps(dict(GOOD, saliency_scores=[[1, 9, 3]] * 2)), "must be integers in [0, 4]"),
-    (json.dumps(GOOD), "duplicate qid 1 (first at line 1)"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"qid": 1, "query": ', "malformed JSON"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "vid"}), "missing key 'vid'"),
+        (json.dumps(dict(GOOD, query="  ")), "empty query"),
+        (json.dumps(dict(GOOD, relevant_windows=[[15, 25]])), "outside [0, duration=20]"),
+        (json.dumps(dict(GOOD, relevant_windows=[[-1, 5]])), "outside"),
+        (json.dumps(dict(GOOD, relevant_windows=[[6, 6]])), "or empty"),
+        (json.dumps(dict(GOOD, duration=-3)), "'duration' must be a positive number"),
+        (json.dumps(dict(GOOD, qid="7")), "'qid' must be an integer"),
+        (json.dumps(dict(GOOD, saliency_scores=[[1, 2, 3]])), "2 relevant_clip_ids but 1"),
+        (json.dumps(dict(GOOD, saliency_scores=[[1, 9, 3]] * 2)), "must be integers in [0, 4]"),
+        (json.dumps(GOOD), "duplicate qid 1 (first at line 1)"),
+    ],
+)
 def test_bad_annotation_line_names_file_and_line(tmp_path, line, message):
   path = tmp_path / "ann.jsonl"
   path.write_text(json.dumps(GOOD) + "\n" + line + "\n")
@@ -71,9 +83,20 @@ def test_bad_annotation_line_names_file_and_line(tmp_path, line, message):
 
 
 def _spec(root, **changes):
-  values = dict(feat_root=root, visual_streams=("a", "b"), visual_dims=(4, 3),
-                query_feat_dir="q", query_dim=5, caption_feat_dir="c", caption_query_feat_dir="cq",
-                caption_dim=6, clip_len=2.0, caption_clip_len=2.0, max_clips=8, max_query_tokens=4)
+  values = dict(
+      feat_root=root,
+      visual_streams=("a", "b"),
+      visual_dims=(4, 3),
+      query_feat_dir="q",
+      query_dim=5,
+      caption_feat_dir="c",
+      caption_query_feat_dir="cq",
+      caption_dim=6,
+      clip_len=2.0,
+      caption_clip_len=2.0,
+      max_clips=8,
+      max_query_tokens=4,
+  )
   values.update(changes)
   return features.FeatureSpec(**values)
 
@@ -94,18 +117,25 @@ def test_video_streams_normalised_cut_and_tef(tmp_path):
   assert video.visual.shape == (8, 4 + 3 + 2) and video.caption.shape == (8, 6)  # max_clips=8
   np.testing.assert_allclose(np.linalg.norm(video.visual[:, :4], axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(video.visual[:, 4:7], axis=1), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(video.visual[:, 7:], np.stack([np.arange(8) / 8, np.arange(1, 9) / 8], 1))
+  np.testing.assert_allclose(
+      video.visual[:, 7:], np.stack([np.arange(8) / 8, np.arange(1, 9) / 8], 1)
+  )
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda r: None, "missing feature file (vid v)"),
-    (lambda r: _write(r, "a", "v.npz", feats=np.zeros((3, 4))), "no key 'features'"),
-    (lambda r: _write(r, "a", "v.npz", features=np.zeros((3, 5))), "expected (N, 4)"),
-    (lambda r: _write(r, "a", "v.npz", features=np.array([[0, 1, np.nan, 0]] * 3)),
-     "NaN/inf values (first in row 0)"),
-    (lambda r: _write(r, "a", "v.npz", features=np.zeros((0, 4))), "is empty"),
-    (lambda r: open(os.path.join(r, "a", "v.npz"), "w").write("not a zip"), "unreadable npz"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda r: None, "missing feature file (vid v)"),
+        (lambda r: _write(r, "a", "v.npz", feats=np.zeros((3, 4))), "no key 'features'"),
+        (lambda r: _write(r, "a", "v.npz", features=np.zeros((3, 5))), "expected (N, 4)"),
+        (
+            lambda r: _write(r, "a", "v.npz", features=np.array([[0, 1, np.nan, 0]] * 3)),
+            "NaN/inf values (first in row 0)",
+        ),
+        (lambda r: _write(r, "a", "v.npz", features=np.zeros((0, 4))), "is empty"),
+        (lambda r: open(os.path.join(r, "a", "v.npz"), "w").write("not a zip"), "unreadable npz"),
+    ],
+)
 def test_bad_feature_file_is_one_line_error_naming_file(tmp_path, setup, message):
   root = str(tmp_path)
   os.makedirs(os.path.join(root, "a"), exist_ok=True)
@@ -167,9 +197,11 @@ def test_window_subset_and_truncation_policy(tmp_path):
   _write(root, "cq", "qid1.npz", last_hidden_state=np.ones((3, 6)))
   windows = [[0, 2], [4, 6], [8, 10], [12, 14], [16, 18], [20, 22]]
   ann = annotations_lib.parse_annotation(
-      {"qid": 1, "query": "x", "duration": 24, "vid": "v", "relevant_windows": windows}, "t:1")
-  source = pipeline.ExampleSource([ann], _spec(root, max_clips=10), with_captions=True,
-                                  max_windows=3, training=True)
+      {"qid": 1, "query": "x", "duration": 24, "vid": "v", "relevant_windows": windows}, "t:1"
+  )
+  source = pipeline.ExampleSource(
+      [ann], _spec(root, max_clips=10), with_captions=True, max_windows=3, training=True
+  )
   ex = source.example(0, np.random.default_rng(0))
   assert ex["duration"] == 20.0  # 10 clips of 2 s kept of 12
   assert ex["window_mask"].all()  # 5 windows start before 20 s; a random 3 of them are kept
@@ -185,11 +217,15 @@ def test_training_query_without_window_in_kept_clips_is_dropped(tmp_path, caplog
     _write(root, d, "v.npz", features=np.ones((12, dim)))
   _write(root, "q", "qid1.npz", last_hidden_state=np.ones((3, 5)))
   _write(root, "q", "qid2.npz", last_hidden_state=np.ones((3, 5)))
-  anns = [annotations_lib.parse_annotation(
-      {"qid": q, "query": "x", "duration": 24, "vid": "v", "relevant_windows": [w]}, f"t:{q}")
-      for q, w in ((1, [18, 22]), (2, [2, 4]))]
-  source = pipeline.ExampleSource(anns, _spec(root, max_clips=8), with_captions=False,
-                                  max_windows=5, training=True)
+  anns = [
+      annotations_lib.parse_annotation(
+          {"qid": q, "query": "x", "duration": 24, "vid": "v", "relevant_windows": [w]}, f"t:{q}"
+      )
+      for q, w in ((1, [18, 22]), (2, [2, 4]))
+  ]
+  source = pipeline.ExampleSource(
+      anns, _spec(root, max_clips=8), with_captions=False, max_windows=5, training=True
+  )
   assert [a.qid for a in source.annotations] == [2]
   assert "1 training queries dropped" in caplog.text and "truncated" in caplog.text
 
@@ -213,7 +249,7 @@ def test_train_order_deterministic_and_resumable(tiny_sources):
   # Resuming at any position yields exactly the remaining batches.
   start = run[steps + 1][0]
   resumed = _all_batches(train, steps, start=start)
-  for (p1, b1), (p2, b2) in zip(run[steps + 1:], resumed):
+  for (p1, b1), (p2, b2) in zip(run[steps + 1 :], resumed):
     assert p1 == p2
     np.testing.assert_array_equal(b1["qid"], b2["qid"])
     np.testing.assert_array_equal(b1["windows"], b2["windows"])
@@ -239,8 +275,10 @@ def test_per_process_shards_are_disjoint_and_cover_the_epoch(tiny_sources):
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_keeps_every_query_and_masks_padding(tiny_sources, process_count):
   _, _, val = tiny_sources
-  per_process = [list(pipeline.eval_batches(val, 2 * process_count, p, process_count))
-                 for p in range(process_count)]
+  per_process = [
+      list(pipeline.eval_batches(val, 2 * process_count, p, process_count))
+      for p in range(process_count)
+  ]
   assert len({len(b) for b in per_process}) == 1  # same number of batches everywhere
   qids = [q for batches in per_process for b in batches for q in b["qid"][b["example_mask"]]]
   assert sorted(qids) == sorted(a.qid for a in val.annotations)
@@ -249,8 +287,9 @@ def test_eval_keeps_every_query_and_masks_padding(tiny_sources, process_count):
 
 
 def test_synthetic_generator_is_seeded(tmp_path):
-  small = synthetic.SyntheticConfig(**dict(vars(TINY_SYNTHETIC), train_videos=2, val_videos=1,
-                                           test_videos=1))
+  small = synthetic.SyntheticConfig(
+      **dict(vars(TINY_SYNTHETIC), train_videos=2, val_videos=1, test_videos=1)
+  )
   a = synthetic.generate(small, str(tmp_path / "a"))
   b = synthetic.generate(small, str(tmp_path / "b"))
   for split in a:
@@ -265,7 +304,9 @@ def test_synthetic_generator_is_seeded(tmp_path):
 def test_synthetic_target_and_distractor_look_alike_but_captions_differ(tiny_data_root):
   """The benchmark's premise: a distractor event exists with the target's actor and action, its
   clips' visual features match the target's, and only the captions tell the scenes apart."""
-  anns = annotations_lib.load_annotations(os.path.join(tiny_data_root, "annotations", "train.jsonl"))
+  anns = annotations_lib.load_annotations(
+      os.path.join(tiny_data_root, "annotations", "train.jsonl")
+  )
   checked = 0
   for ann in anns:
     words = ann.query
@@ -274,20 +315,27 @@ def test_synthetic_target_and_distractor_look_alike_but_captions_differ(tiny_dat
     action = next(a for a in synthetic.ACTIONS if a in words)
     clip = np.load(os.path.join(tiny_data_root, "features/clip_features", f"{ann.vid}.npz"))
     feats = clip["features"].astype(np.float32)
-    captions = np.load(os.path.join(tiny_data_root, "features/caption_features",
-                                    f"{ann.vid}.npz"))["captions"]
+    captions = np.load(os.path.join(tiny_data_root, "features/caption_features", f"{ann.vid}.npz"))[
+        "captions"
+    ]
     target = set(ann.relevant_clip_ids)
     target_mean = feats[sorted(target)].mean(0)
     # Distractor clips: same actor and action, not in a target window, another scene named.
-    distractors = [c for c, text in enumerate(captions)
-                   if c not in target and f" {actor} " in f" {text} " and action in text
-                   and scene not in text
-                   and any(s in text for s in synthetic.SCENES)]
+    distractors = [
+        c
+        for c, text in enumerate(captions)
+        if c not in target
+        and f" {actor} " in f" {text} "
+        and action in text
+        and scene not in text
+        and any(s in text for s in synthetic.SCENES)
+    ]
     if not distractors:
       continue  # the distractor's captions may all have dropped the scene
     distractor_mean = feats[distractors].mean(0)
-    background_mean = feats[[c for c, t in enumerate(captions)
-                             if t in synthetic.BACKGROUND_CAPTIONS]].mean(0)
+    background_mean = feats[
+        [c for c, t in enumerate(captions) if t in synthetic.BACKGROUND_CAPTIONS]
+    ].mean(0)
     cos = lambda u, v: u @ v / np.linalg.norm(u) / np.linalg.norm(v)  # noqa: E731
     assert cos(target_mean, distractor_mean) > cos(target_mean, background_mean) + 0.2
     assert all(scene not in captions[c] for c in distractors)

@@ -16,7 +16,16 @@ from lmr_jax.training import trainer
 from lmr_jax.training.checkpoint import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OFFICIAL_KEYS = {"brief", "full", "long", "middle", "short", "HL-min-Fair", "HL-min-Good", "HL-min-VeryGood"}
+OFFICIAL_KEYS = {
+    "brief",
+    "full",
+    "long",
+    "middle",
+    "short",
+    "HL-min-Fair",
+    "HL-min-Good",
+    "HL-min-VeryGood",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +49,9 @@ def _annotations(config, split):
 
 
 def _check_submission(path, annotations, clip_len, max_clips):
-  records = read_submission(path)  # validates: int qids, 3-number windows sorted by score, no duplicates
+  records = read_submission(
+      path
+  )  # validates: int qids, 3-number windows sorted by score, no duplicates
   assert sorted(r["qid"] for r in records) == sorted(annotations)
   for r in records:
     duration = annotations[r["qid"]]["duration"]
@@ -56,19 +67,28 @@ def test_best_latest_and_step_write_submission_and_official_metrics(trained, bes
   latest = run_eval.evaluate_checkpoint(config, workdir, "latest")
   early = run_eval.evaluate_checkpoint(config, workdir, steps[0])
   assert (best["step"], latest["step"], early["step"]) == (
-      int(os.listdir(os.path.join(workdir, "best"))[0]), steps[-1], steps[0])
+      int(os.listdir(os.path.join(workdir, "best"))[0]),
+      steps[-1],
+      steps[0],
+  )
   assert early["output_dir"] == os.path.join(workdir, "eval", f"val_{steps[0]}")
   annotations = _annotations(config, "val")
   for result in (best, latest, early):
-    _check_submission(result["submission"], annotations, config.data.clip_len, config.data.max_clips)
+    _check_submission(
+        result["submission"], annotations, config.data.clip_len, config.data.max_clips
+    )
     with open(os.path.join(result["output_dir"], "metrics.json")) as f:
       metrics = json.load(f)
     assert metrics == result["metrics"]
     assert set(metrics) == OFFICIAL_KEYS
-    assert {"MR-full-mAP", "MR-full-R1@0.5", "MR-full-R1@0.7", "HL-min-VeryGood-Hit1"} <= set(metrics["brief"])
+    assert {"MR-full-mAP", "MR-full-R1@0.5", "MR-full-R1@0.7", "HL-min-VeryGood-Hit1"} <= set(
+        metrics["brief"]
+    )
     assert set(metrics["full"]["MR-mAP"]) >= {"0.5", "0.75", "average"}
   # The same records scored by the evaluator directly: eval.py adds nothing to the official numbers.
-  direct = qvh_metrics.eval_submission(read_submission(best["submission"]), list(annotations.values()))
+  direct = qvh_metrics.eval_submission(
+      read_submission(best["submission"]), list(annotations.values())
+  )
   assert direct == best["metrics"]
 
 
@@ -85,11 +105,21 @@ def test_unlabelled_split_writes_the_submission_only(trained, capsys):
     run_eval.evaluate_checkpoint(config, workdir, "best", split="test", cqval=True)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"hidden_dim": 32}, r"arrays differ \(e.g. params/.*: \(16,\) float32 saved, \(32,\) float32"),
-    ({"share_vqf": False}, r"arrays of this config are not saved \(e.g. params/caption_vqf/"),
-    ({"use_caption_context": False}, r"saved arrays are not in this config \(e.g. params/caption_"),
-], ids=["hidden_dim", "without_weight_sharing", "without_captions"])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"hidden_dim": 32},
+            r"arrays differ \(e.g. params/.*: \(16,\) float32 saved, \(32,\) float32",
+        ),
+        ({"share_vqf": False}, r"arrays of this config are not saved \(e.g. params/caption_vqf/"),
+        (
+            {"use_caption_context": False},
+            r"saved arrays are not in this config \(e.g. params/caption_",
+        ),
+    ],
+    ids=["hidden_dim", "without_weight_sharing", "without_captions"],
+)
 def test_checkpoint_of_another_config_is_a_one_line_error(trained, change, message):
   config, workdir = trained
   other = config.copy_and_resolve_references()
@@ -117,19 +147,26 @@ def test_cqval_rows_score_each_split_on_its_queries(trained, best):
   config, _ = trained
   annotations = list(_annotations(config, "val").values())
   records = read_submission(best["submission"])
-  source = dataset.example_source(config.data, "val", with_captions=config.model.use_caption_context,
-                                  training=False)
+  source = dataset.example_source(
+      config.data, "val", with_captions=config.model.use_caption_context, training=False
+  )
   # (0, 8): the longer tiny queries; (1, 99): nothing, scored as n/a instead of failing.
-  rows = run_eval.cqval_rows(records, source.annotations, config.evals, load_spacy(),
-                             grid=((0, 0), (0, 8), (1, 99)))
+  rows = run_eval.cqval_rows(
+      records, source.annotations, config.evals, load_spacy(), grid=((0, 0), (0, 8), (1, 99))
+  )
   assert rows[0]["num_queries"] == len(annotations)
   assert rows[0]["mAP"] == best["metrics"]["brief"]["MR-full-mAP"]
   long_qids = {a["qid"] for a in annotations if len(a["query"].rstrip(".").split()) >= 8}
   assert rows[1]["num_queries"] == len(long_qids) > 0
-  direct = qvh_metrics.eval_submission([r for r in records if r["qid"] in long_qids],
-                                       [a for a in annotations if a["qid"] in long_qids])["brief"]
+  direct = qvh_metrics.eval_submission(
+      [r for r in records if r["qid"] in long_qids],
+      [a for a in annotations if a["qid"] in long_qids],
+  )["brief"]
   assert (rows[1]["R1@0.5"], rows[1]["R1@0.7"], rows[1]["mAP"]) == (
-      direct["MR-full-R1@0.5"], direct["MR-full-R1@0.7"], direct["MR-full-mAP"])
+      direct["MR-full-R1@0.5"],
+      direct["MR-full-R1@0.7"],
+      direct["MR-full-mAP"],
+  )
   assert rows[2]["num_queries"] == 0 and rows[2]["mAP"] is None and rows[2]["brief"] is None
   assert "| 1 | 99 | 0 (0.0%) | n/a | n/a | n/a |" in run_eval.format_cqval(rows, "t")
 
@@ -140,12 +177,26 @@ def test_eval_py_prints_the_tables_and_writes_cqval(trained, tmp_path):
   out = str(tmp_path / "cli")
   overrides = [f"--config.data.feat_root={config.data.feat_root}"] + [
       f"--config.data.annotation_files.{split}={path}"
-      for split, path in config.data.annotation_files.items()]
+      for split, path in config.data.annotation_files.items()
+  ]
   proc = subprocess.run(
-      [sys.executable, "eval.py", "--config=configs/tiny.py", f"--workdir={workdir}", "--checkpoint=latest",
-       "--cqval", f"--output_dir={out}", "--verbosity=-1", *overrides],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+      [
+          sys.executable,
+          "eval.py",
+          "--config=configs/tiny.py",
+          f"--workdir={workdir}",
+          "--checkpoint=latest",
+          "--cqval",
+          f"--output_dir={out}",
+          "--verbosity=-1",
+          *overrides,
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "| metric | value |" in proc.stdout and "| MR-full-mAP |" in proc.stdout
   assert "| C | W | #queries | R1@0.5 | R1@0.7 | mAP |" in proc.stdout

@@ -20,8 +20,9 @@ def _moment(cfg, target_se):
   pred_cxw = jnp.array([[[0.5, 0.2], [0.3, 0.2]]])  # p0 = [0.4, 0.6], p1 = [0.2, 0.4]
   logits = jnp.array([[[0.0, 1.0], [2.0, 0.0]]])
   windows = jnp.array([[target_se, [0.0, 0.0]]])
-  return losses.moment_losses(pred_cxw, logits, windows, jnp.array([[True, False]]),
-                              jnp.array([True]), cfg)
+  return losses.moment_losses(
+      pred_cxw, logits, windows, jnp.array([[True, False]]), jnp.array([True]), cfg
+  )
 
 
 def test_moment_losses_exact_match(cfg):
@@ -43,8 +44,9 @@ def test_padded_examples_contribute_nothing(cfg):
   pred = jnp.array([[[0.5, 0.2]], [[0.9, 0.1]]])
   logits = jnp.zeros((2, 1, 2))
   windows = jnp.array([[[0.4, 0.6]], [[0.0, 0.5]]])
-  terms = losses.moment_losses(pred, logits, windows, jnp.array([[True], [True]]),
-                               jnp.array([True, False]), cfg)
+  terms = losses.moment_losses(
+      pred, logits, windows, jnp.array([[True], [True]]), jnp.array([True, False]), cfg
+  )
   assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -85,13 +87,22 @@ def test_total_loss_weights_every_term(cfg):
       "saliency": jnp.asarray(rng.normal(size=(3, 6)), jnp.float32),
       "saliency_neg": jnp.asarray(rng.normal(size=(3, 6)), jnp.float32),
   }
-  batch = {"windows": jnp.array([[[0.1, 0.3], [0.5, 0.9]]] * 3),
-           "window_mask": jnp.array([[True, False], [True, True], [True, False]]),
-           "example_mask": jnp.ones(3, bool), "video_mask": jnp.ones((3, 6), bool),
-           "saliency": jnp.asarray(rng.integers(0, 12, (3, 6)), jnp.float32)}
+  batch = {
+      "windows": jnp.array([[[0.1, 0.3], [0.5, 0.9]]] * 3),
+      "window_mask": jnp.array([[True, False], [True, True], [True, False]]),
+      "example_mask": jnp.ones(3, bool),
+      "video_mask": jnp.ones((3, 6), bool),
+      "saliency": jnp.asarray(rng.integers(0, 12, (3, 6)), jnp.float32),
+  }
   loss, terms = losses.total_loss(outputs, batch, cfg)
-  weights = {"span_l1": 10, "span_giou": 1, "label": 4, "saliency_hinge": 1,
-             "saliency_rank_contrastive": 1, "saliency_inter_video": 1}
+  weights = {
+      "span_l1": 10,
+      "span_giou": 1,
+      "label": 4,
+      "saliency_hinge": 1,
+      "saliency_rank_contrastive": 1,
+      "saliency_inter_video": 1,
+  }
   expected = sum(weights[name.split("/")[-1]] * float(v) for name, v in terms.items())
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   assert "aux0/span_l1" in terms

@@ -58,13 +58,17 @@ def test_padding_does_not_change_real_outputs(setup):
     padded[key] = _pad_to(batch[key], 1, batch[key].shape[1] + 5)
   params, out = _apply(config.model, batch)
   out_padded = jax.jit(lambda p, b: LMR(config.model).apply({"params": p}, b, train=False))(
-      params, padded)
+      params, padded
+  )
   np.testing.assert_allclose(out["pred_spans"], out_padded["pred_spans"], atol=2e-5)
   np.testing.assert_allclose(out["pred_logits"], out_padded["pred_logits"], atol=2e-5)
   mask = batch["video_mask"]
   num_clips = mask.shape[1]
-  np.testing.assert_allclose(np.where(mask, out["saliency"], 0),
-                             np.where(mask, out_padded["saliency"][:, :num_clips], 0), atol=2e-5)
+  np.testing.assert_allclose(
+      np.where(mask, out["saliency"], 0),
+      np.where(mask, out_padded["saliency"][:, :num_clips], 0),
+      atol=2e-5,
+  )
 
 
 def test_masked_clips_are_ignored(setup):
@@ -72,13 +76,18 @@ def test_masked_clips_are_ignored(setup):
   config, batch = setup
   noisy = dict(batch)
   rng = np.random.default_rng(0)
-  for key, mask_key in (("video_feats", "video_mask"), ("caption_feats", "video_mask"),
-                        ("query_feats", "query_mask"), ("caption_query_feats", "caption_query_mask")):
+  for key, mask_key in (
+      ("video_feats", "video_mask"),
+      ("caption_feats", "video_mask"),
+      ("query_feats", "query_mask"),
+      ("caption_query_feats", "caption_query_mask"),
+  ):
     noise = rng.normal(size=batch[key].shape).astype(np.float32)
     noisy[key] = np.where(batch[mask_key][..., None], batch[key], noise)
   params, out = _apply(config.model, batch)
   out_noisy = jax.jit(lambda p, b: LMR(config.model).apply({"params": p}, b, train=False))(
-      params, noisy)
+      params, noisy
+  )
   np.testing.assert_allclose(out["pred_spans"], out_noisy["pred_spans"], atol=2e-5)
 
 

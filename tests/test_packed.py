@@ -22,8 +22,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def packed_dir(tiny_data_root, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("packed"))
   # A tiny shard size, so reading crosses shards.
-  packed.pack(tiny_config(tiny_data_root).data, out, ("train", "val"), with_captions=True,
-              shard_size_mb=0.03)
+  packed.pack(
+      tiny_config(tiny_data_root).data,
+      out,
+      ("train", "val"),
+      with_captions=True,
+      shard_size_mb=0.03,
+  )
   return out
 
 
@@ -31,8 +36,9 @@ def _sources(root, packed_dir, split, training, **data_changes):
   config = tiny_config(root)
   config.data.update(data_changes)
   numpy_source = dataset.example_source(config.data, split, with_captions=True, training=training)
-  packed_source = packed.packed_source(packed_dir, split, config.data, with_captions=True,
-                                       training=training)
+  packed_source = packed.packed_source(
+      packed_dir, split, config.data, with_captions=True, training=training
+  )
   return numpy_source, packed_source
 
 
@@ -61,21 +67,29 @@ def test_each_split_is_a_tfds_dataset(tiny_data_root, packed_dir):
   assert builder.info.splits["val"].num_shards > 1
 
 
-@pytest.mark.parametrize("split, training, max_windows", [
-    ("train", True, 5), ("train", False, 5), ("val", False, 5),
-    ("train", True, 1),  # fewer windows than most queries have: the random subset is the same
-])
-def test_examples_bit_identical_to_numpy_path(tiny_data_root, packed_dir, split, training,
-                                              max_windows):
-  numpy_source, packed_source = _sources(tiny_data_root, packed_dir, split, training,
-                                         max_windows=max_windows)
+@pytest.mark.parametrize(
+    "split, training, max_windows",
+    [
+        ("train", True, 5),
+        ("train", False, 5),
+        ("val", False, 5),
+        ("train", True, 1),  # fewer windows than most queries have: the random subset is the same
+    ],
+)
+def test_examples_bit_identical_to_numpy_path(
+    tiny_data_root, packed_dir, split, training, max_windows
+):
+  numpy_source, packed_source = _sources(
+      tiny_data_root, packed_dir, split, training, max_windows=max_windows
+  )
   assert packed_source.annotations == numpy_source.annotations
   assert packed_source.element_spec() == numpy_source.element_spec()
   if max_windows == 1:
     assert any(len(a.windows) > 1 for a in numpy_source.annotations)
   for i in range(len(numpy_source)):
-    _assert_identical(packed_source.example(i, _rng(i, training)),
-                      numpy_source.example(i, _rng(i, training)))
+    _assert_identical(
+        packed_source.example(i, _rng(i, training)), numpy_source.example(i, _rng(i, training))
+    )
 
 
 def test_truncated_videos_drop_the_same_training_queries(tiny_data_root, tmp_path):
@@ -88,14 +102,16 @@ def test_truncated_videos_drop_the_same_training_queries(tiny_data_root, tmp_pat
   assert 0 < len(numpy_source) < len(all_queries)
   assert packed_source.annotations == numpy_source.annotations
   for i in range(len(numpy_source)):
-    _assert_identical(packed_source.example(i, _rng(i, True)),
-                      numpy_source.example(i, _rng(i, True)))
+    _assert_identical(
+        packed_source.example(i, _rng(i, True)), numpy_source.example(i, _rng(i, True))
+    )
 
 
 def test_pipelines_yield_the_same_batches(tiny_data_root, packed_dir):
   numpy_val, packed_val = _sources(tiny_data_root, packed_dir, "val", training=False)
-  pairs = zip(pipeline.eval_batches(packed_val, 4), pipeline.eval_batches(numpy_val, 4),
-              strict=True)
+  pairs = zip(
+      pipeline.eval_batches(packed_val, 4), pipeline.eval_batches(numpy_val, 4), strict=True
+  )
   for packed_batch, numpy_batch in pairs:
     _assert_identical(packed_batch, numpy_batch)
   numpy_train, packed_train = _sources(tiny_data_root, packed_dir, "train", training=True)
@@ -116,10 +132,13 @@ def _assert_settings_error(packed_dir, data, with_captions, message):
   assert "\n" not in text
 
 
-@pytest.mark.parametrize("key, change", [
-    ("max_clips", lambda v: v + 6),
-    ("visual_dims", lambda v: (*v[:-1], v[-1] + 1)),
-])
+@pytest.mark.parametrize(
+    "key, change",
+    [
+        ("max_clips", lambda v: v + 6),
+        ("visual_dims", lambda v: (*v[:-1], v[-1] + 1)),
+    ],
+)
 def test_other_data_settings_are_one_line_error(tiny_data_root, packed_dir, key, change):
   config = tiny_config(tiny_data_root)
   old = packed.packed_settings(config.data, True)[key]
@@ -129,15 +148,17 @@ def test_other_data_settings_are_one_line_error(tiny_data_root, packed_dir, key,
 
 
 def test_other_caption_setting_is_one_line_error(tiny_data_root, packed_dir):
-  _assert_settings_error(packed_dir, tiny_config(tiny_data_root).data, False,
-                         "with_captions=True (config: False)")
+  _assert_settings_error(
+      packed_dir, tiny_config(tiny_data_root).data, False, "with_captions=True (config: False)"
+  )
 
 
 def test_missing_packed_data_is_clear_error(tiny_data_root, packed_dir, tmp_path):
   data = tiny_config(tiny_data_root).data
   with pytest.raises(DataError, match=r"split 'train' is not packed \(packed splits in .*: none\)"):
-    packed.packed_source(str(tmp_path / "nowhere"), "train", data, with_captions=True,
-                         training=True)
+    packed.packed_source(
+        str(tmp_path / "nowhere"), "train", data, with_captions=True, training=True
+    )
   with pytest.raises(DataError, match=r"packed splits in .*: \['train', 'val'\]\).*--splits=test"):
     packed.packed_source(packed_dir, "test", data, with_captions=True, training=False)
   with pytest.raises(DataError, match="already packed; delete it to repack"):
@@ -162,12 +183,26 @@ def test_bad_feature_file_fails_packing_and_leaves_nothing(tiny_data_root, tmp_p
 def test_command_line_packs_an_unlabelled_split(tiny_data_root, tmp_path):
   config = tiny_config(tiny_data_root)
   out = str(tmp_path / "cli")
-  overrides = [f"--config.data.feat_root={config.data.feat_root}",
-               f"--config.data.annotation_files.test={config.data.annotation_files.test}"]
+  overrides = [
+      f"--config.data.feat_root={config.data.feat_root}",
+      f"--config.data.annotation_files.test={config.data.annotation_files.test}",
+  ]
   result = subprocess.run(
-      [sys.executable, "-m", "lmr_jax.data.packed", "--config=configs/tiny.py", f"--out_dir={out}",
-       "--splits=test", *overrides], cwd=REPO, capture_output=True, text=True, check=False,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+      [
+          sys.executable,
+          "-m",
+          "lmr_jax.data.packed",
+          "--config=configs/tiny.py",
+          f"--out_dir={out}",
+          "--splits=test",
+          *overrides,
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=False,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.splitlines()[-1] == packed.dataset_dir(out, "test")  # after tfds' own lines
   numpy_test = dataset.example_source(config.data, "test", with_captions=True, training=False)

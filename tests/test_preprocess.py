@@ -36,7 +36,11 @@ DURATIONS = {"vid_a": 3, "vid_b": 5, "vid_c": 7}  # seconds -> 2, 3 and 4 clips 
 QUERIES = [
     (11, "a person is walking a dog in the park", "vid_a"),
     (12, "a man cooks food in a kitchen", "vid_b"),
-    (13, "the woman talks to the camera while a man cooks food in the kitchen of the park", "vid_c"),
+    (
+        13,
+        "the woman talks to the camera while a man cooks food in the kitchen of the park",
+        "vid_c",
+    ),
 ]
 WORDS = "a person is walking dog in the park man cooks food kitchen woman talks to camera while of USER ASSISTANT :"
 CHAT_TEMPLATE = (
@@ -45,364 +49,431 @@ CHAT_TEMPLATE = (
     "{% endfor %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 TINY_TEXT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-TINY_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32)
-SPECIAL_IDS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)  # <pad>, <s>, </s> in tiny_tokenizer
+TINY_VISION = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32
+)
+SPECIAL_IDS = dict(
+    pad_token_id=0, bos_token_id=2, eos_token_id=3
+)  # <pad>, <s>, </s> in tiny_tokenizer
 IMAGE_32 = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
 def tiny_tokenizer(template: str, model_max_length: int):
-    """A WordLevel tokenizer over WORDS; `template` adds special tokens the way the real tokenizer does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+  """A WordLevel tokenizer over WORDS; `template` adds special tokens the way the real tokenizer does."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS.split())))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.decoder = decoders.WordPiece()
-    tk.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-        model_max_length=model_max_length,
-    )
+  specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"]
+  vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS.split())))}
+  tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.Whitespace()
+  tk.decoder = decoders.WordPiece()
+  tk.post_processor = processors.TemplateProcessing(
+      single=template, special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+  )
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tk,
+      pad_token="<pad>",
+      unk_token="<unk>",
+      bos_token="<s>",
+      eos_token="</s>",
+      extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+      model_max_length=model_max_length,
+  )
 
 
 def llama_text_config(tok) -> transformers.LlamaConfig:
-    return transformers.LlamaConfig(vocab_size=len(tok), num_key_value_heads=2, **SPECIAL_IDS, **TINY_TEXT)
+  return transformers.LlamaConfig(
+      vocab_size=len(tok), num_key_value_heads=2, **SPECIAL_IDS, **TINY_TEXT
+  )
 
 
 def build_checkpoints(root: Path) -> dict[str, Path]:
-    torch.manual_seed(0)
-    paths = {name: root / name for name in ("llama", "llama_sharded", "clip", "llava_next_video", "llava")}
-    llm_tok = tiny_tokenizer("<s> $A", model_max_length=512)  # Llama adds BOS
+  torch.manual_seed(0)
+  paths = {
+      name: root / name for name in ("llama", "llama_sharded", "clip", "llava_next_video", "llava")
+  }
+  llm_tok = tiny_tokenizer("<s> $A", model_max_length=512)  # Llama adds BOS
 
-    llama = transformers.LlamaForCausalLM(llama_text_config(llm_tok))
-    llama.save_pretrained(paths["llama"])
-    llama.save_pretrained(paths["llama_sharded"], max_shard_size="4KB")
-    for name in ("llama", "llama_sharded"):
-        llm_tok.save_pretrained(paths[name])
+  llama = transformers.LlamaForCausalLM(llama_text_config(llm_tok))
+  llama.save_pretrained(paths["llama"])
+  llama.save_pretrained(paths["llama_sharded"], max_shard_size="4KB")
+  for name in ("llama", "llama_sharded"):
+    llm_tok.save_pretrained(paths[name])
 
-    clip_tok = tiny_tokenizer("<s> $A </s>", model_max_length=16)  # CLIP adds start and end tokens
-    clip_text = dict(vocab_size=len(clip_tok), max_position_embeddings=16, **SPECIAL_IDS)
-    clip = transformers.CLIPModel(
-        transformers.CLIPConfig(
-            text_config=dict(**clip_text, **TINY_TEXT),
-            vision_config=dict(patch_size=16, **TINY_VISION),
-            projection_dim=8,
-        )
-    )
-    clip.save_pretrained(paths["clip"])
-    clip_tok.save_pretrained(paths["clip"])
-    transformers.CLIPImageProcessorPil(**IMAGE_32).save_pretrained(paths["clip"])
+  clip_tok = tiny_tokenizer("<s> $A </s>", model_max_length=16)  # CLIP adds start and end tokens
+  clip_text = dict(vocab_size=len(clip_tok), max_position_embeddings=16, **SPECIAL_IDS)
+  clip = transformers.CLIPModel(
+      transformers.CLIPConfig(
+          text_config=dict(**clip_text, **TINY_TEXT),
+          vision_config=dict(patch_size=16, **TINY_VISION),
+          projection_dim=8,
+      )
+  )
+  clip.save_pretrained(paths["clip"])
+  clip_tok.save_pretrained(paths["clip"])
+  transformers.CLIPImageProcessorPil(**IMAGE_32).save_pretrained(paths["clip"])
 
-    vision = transformers.CLIPVisionConfig(patch_size=8, **TINY_VISION)
-    token_ids = dict(
-        image_token_index=llm_tok.convert_tokens_to_ids("<image>"),
-        video_token_index=llm_tok.convert_tokens_to_ids("<video>"),
-    )
-    transformers.LlavaNextVideoForConditionalGeneration(
-        transformers.LlavaNextVideoConfig(
-            text_config=llama_text_config(llm_tok), vision_config=vision, image_grid_pinpoints=[[32, 32]], **token_ids
-        )
-    ).save_pretrained(paths["llava_next_video"])
-    from transformers.models.llava_next_video.video_processing_llava_next_video import (
-        LlavaNextVideoVideoProcessor,
-    )
+  vision = transformers.CLIPVisionConfig(patch_size=8, **TINY_VISION)
+  token_ids = dict(
+      image_token_index=llm_tok.convert_tokens_to_ids("<image>"),
+      video_token_index=llm_tok.convert_tokens_to_ids("<video>"),
+  )
+  transformers.LlavaNextVideoForConditionalGeneration(
+      transformers.LlavaNextVideoConfig(
+          text_config=llama_text_config(llm_tok),
+          vision_config=vision,
+          image_grid_pinpoints=[[32, 32]],
+          **token_ids,
+      )
+  ).save_pretrained(paths["llava_next_video"])
+  from transformers.models.llava_next_video.video_processing_llava_next_video import (
+      LlavaNextVideoVideoProcessor,
+  )
 
-    accepting_pil_video_processor(transformers.LlavaNextVideoProcessor)(
-        video_processor=PilVideoProcessor(LlavaNextVideoVideoProcessor, **IMAGE_32),
-        image_processor=transformers.LlavaNextImageProcessorPil(image_grid_pinpoints=[[32, 32]], **IMAGE_32),
-        tokenizer=llm_tok,
-        chat_template=CHAT_TEMPLATE,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-    ).save_pretrained(paths["llava_next_video"])
+  accepting_pil_video_processor(transformers.LlavaNextVideoProcessor)(
+      video_processor=PilVideoProcessor(LlavaNextVideoVideoProcessor, **IMAGE_32),
+      image_processor=transformers.LlavaNextImageProcessorPil(
+          image_grid_pinpoints=[[32, 32]], **IMAGE_32
+      ),
+      tokenizer=llm_tok,
+      chat_template=CHAT_TEMPLATE,
+      patch_size=8,
+      vision_feature_select_strategy="default",
+  ).save_pretrained(paths["llava_next_video"])
 
-    transformers.LlavaForConditionalGeneration(
-        transformers.LlavaConfig(
-            text_config=llama_text_config(llm_tok),
-            vision_config=vision,
-            image_token_index=token_ids["image_token_index"],
-        )
-    ).save_pretrained(paths["llava"])
-    transformers.LlavaProcessor(
-        image_processor=transformers.CLIPImageProcessorPil(**IMAGE_32),
-        tokenizer=llm_tok,
-        chat_template=CHAT_TEMPLATE,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    ).save_pretrained(paths["llava"])
-    return paths
+  transformers.LlavaForConditionalGeneration(
+      transformers.LlavaConfig(
+          text_config=llama_text_config(llm_tok),
+          vision_config=vision,
+          image_token_index=token_ids["image_token_index"],
+      )
+  ).save_pretrained(paths["llava"])
+  transformers.LlavaProcessor(
+      image_processor=transformers.CLIPImageProcessorPil(**IMAGE_32),
+      tokenizer=llm_tok,
+      chat_template=CHAT_TEMPLATE,
+      patch_size=8,
+      vision_feature_select_strategy="default",
+      num_additional_image_tokens=1,
+  ).save_pretrained(paths["llava"])
+  return paths
 
 
 def frame_level(index: int) -> int:
-    """Grey level of frame `index` in the generated videos, so tests can tell which frame was sampled."""
-    return (index * 9) % 250
+  """Grey level of frame `index` in the generated videos, so tests can tell which frame was sampled."""
+  return (index * 9) % 250
 
 
 def write_video(path: Path, seconds: float, first_pts: int = 0) -> None:
-    """A 64x64, 4 fps mpeg4 file; `first_pts` > 0 makes the stream start after 0 s, as cut clips often do."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=FPS)
-        stream.width = stream.height = 64
-        stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * FPS)):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), frame_level(i), np.uint8), format="rgb24")
-            frame.pts, frame.time_base = first_pts + i, Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+  """A 64x64, 4 fps mpeg4 file; `first_pts` > 0 makes the stream start after 0 s, as cut clips often do."""
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("mpeg4", rate=FPS)
+    stream.width = stream.height = 64
+    stream.pix_fmt = "yuv420p"
+    for i in range(int(seconds * FPS)):
+      frame = av.VideoFrame.from_ndarray(
+          np.full((64, 64, 3), frame_level(i), np.uint8), format="rgb24"
+      )
+      frame.pts, frame.time_base = first_pts + i, Fraction(1, FPS)
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
 
 
 def write_annotations(path: Path, rows) -> Path:
-    with open(path, "w") as f:
-        for qid, query, vid in rows:
-            f.write(json.dumps({"qid": qid, "query": query, "duration": DURATIONS.get(vid, 4), "vid": vid}) + "\n")
-    return path
+  with open(path, "w") as f:
+    for qid, query, vid in rows:
+      f.write(
+          json.dumps({"qid": qid, "query": query, "duration": DURATIONS.get(vid, 4), "vid": vid})
+          + "\n"
+      )
+  return path
 
 
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory) -> dict[str, Path]:
-    return build_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+  return build_checkpoints(tmp_path_factory.mktemp("checkpoints"))
 
 
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("videos")
-    for vid, seconds in DURATIONS.items():
-        write_video(root / f"{vid}.mp4", seconds)
-    return root
+  root = tmp_path_factory.mktemp("videos")
+  for vid, seconds in DURATIONS.items():
+    write_video(root / f"{vid}.mp4", seconds)
+  return root
 
 
 @pytest.fixture(scope="session")
 def annotations(tmp_path_factory) -> Path:
-    return write_annotations(tmp_path_factory.mktemp("annotations") / "val.jsonl", QUERIES)
+  return write_annotations(tmp_path_factory.mktemp("annotations") / "val.jsonl", QUERIES)
 
 
 def run_captions(videos: Path, model: Path, out: Path, *extra: str) -> int:
-    return captions.main(
-        ["--videos", str(videos), "--model", str(model), "--out", str(out), "--frames_per_clip", "2"]
-        + ["--batch_size", "3", "--max_new_tokens", "3", "--seed", "7", *extra]
-    )
+  return captions.main(
+      ["--videos", str(videos), "--model", str(model), "--out", str(out), "--frames_per_clip", "2"]
+      + ["--batch_size", "3", "--max_new_tokens", "3", "--seed", "7", *extra]
+  )
 
 
 # --- clips, instructions, sharding, atomic writes --------------------------------------------------------
 
 
 def test_clip_plan_counts_partial_clips_and_centres_samples():
-    assert [num_clips(d, 2.0) for d in (150.0, 150.0004, 150.3, 7.0, 0.5)] == [75, 75, 76, 4, 1]
-    times = sample_times(5.0, 2.0, 2)
-    np.testing.assert_allclose(times, [[0.5, 1.5], [2.5, 3.5], [4.25, 4.75]])
+  assert [num_clips(d, 2.0) for d in (150.0, 150.0004, 150.3, 7.0, 0.5)] == [75, 75, 76, 4, 1]
+  times = sample_times(5.0, 2.0, 2)
+  np.testing.assert_allclose(times, [[0.5, 1.5], [2.5, 3.5], [4.25, 4.75]])
 
 
 @pytest.mark.parametrize("first_pts", [0, 6])
 def test_clip_reader_yields_the_frame_on_screen_at_each_sample_time(tmp_path, first_pts):
-    write_video(tmp_path / "v.mp4", 7, first_pts)
-    with ClipReader(tmp_path / "v.mp4", clip_len=2.0, frames_per_clip=2) as reader:
-        assert reader.num_clips == 4
-        clips = list(reader)
-    assert len(clips) == 4 and all(c.shape == (2, 64, 64, 3) and c.dtype == np.uint8 for c in clips)
-    # sample times 0.5, 1.5, 2.5, ... s after the first frame at 4 fps -> frames 2, 6, 10, ...
-    expected = [[frame_level(int(t * FPS)) for t in row] for row in sample_times(7.0, 2.0, 2)]
-    np.testing.assert_allclose([[f.mean() for f in c] for c in clips], expected, atol=4)  # < half a step
+  write_video(tmp_path / "v.mp4", 7, first_pts)
+  with ClipReader(tmp_path / "v.mp4", clip_len=2.0, frames_per_clip=2) as reader:
+    assert reader.num_clips == 4
+    clips = list(reader)
+  assert len(clips) == 4 and all(c.shape == (2, 64, 64, 3) and c.dtype == np.uint8 for c in clips)
+  # sample times 0.5, 1.5, 2.5, ... s after the first frame at 4 fps -> frames 2, 6, 10, ...
+  expected = [[frame_level(int(t * FPS)) for t in row] for row in sample_times(7.0, 2.0, 2)]
+  np.testing.assert_allclose(
+      [[f.mean() for f in c] for c in clips], expected, atol=4
+  )  # < half a step
 
 
 def test_instructions_are_table_i_and_depend_only_on_seed_and_vid():
-    assert len(TABLE_I) == 10 and len(set(TABLE_I)) == 10
-    first = sample_instructions(0, "vid_a", 50)
-    assert first == sample_instructions(0, "vid_a", 50)
-    assert set(first) <= set(TABLE_I) and len(set(first)) > 1
-    assert first != sample_instructions(1, "vid_a", 50)
-    assert first != sample_instructions(0, "vid_b", 50)
+  assert len(TABLE_I) == 10 and len(set(TABLE_I)) == 10
+  first = sample_instructions(0, "vid_a", 50)
+  assert first == sample_instructions(0, "vid_a", 50)
+  assert set(first) <= set(TABLE_I) and len(set(first)) > 1
+  assert first != sample_instructions(1, "vid_a", 50)
+  assert first != sample_instructions(0, "vid_b", 50)
 
 
 def test_shards_partition_the_sorted_keys():
-    keys = [f"v{i}" for i in (5, 3, 9, 1, 7, 2, 8)]
-    shards = [io_utils.shard_keys(reversed(keys), i, 3) for i in range(3)]
-    assert shards[0] == sorted(keys)[0::3]
-    assert sorted(sum(shards, [])) == sorted(keys)
-    assert io_utils.shard_keys([10, 9, 100], 0, 2) == [9, 100]  # qids sort numerically
-    with pytest.raises(ValueError):
-        io_utils.shard_keys(keys, 3, 3)
+  keys = [f"v{i}" for i in (5, 3, 9, 1, 7, 2, 8)]
+  shards = [io_utils.shard_keys(reversed(keys), i, 3) for i in range(3)]
+  assert shards[0] == sorted(keys)[0::3]
+  assert sorted(sum(shards, [])) == sorted(keys)
+  assert io_utils.shard_keys([10, 9, 100], 0, 2) == [9, 100]  # qids sort numerically
+  with pytest.raises(ValueError):
+    io_utils.shard_keys(keys, 3, 3)
 
 
 def test_failed_write_leaves_neither_file_nor_temp(tmp_path):
-    class Unconvertible:
-        def __array__(self, *args, **kwargs):
-            raise RuntimeError("boom")
+  class Unconvertible:
 
-    with pytest.raises(RuntimeError):
-        io_utils.save_npz(tmp_path / "x.npz", features=Unconvertible())
-    assert list(tmp_path.iterdir()) == []
+    def __array__(self, *args, **kwargs):
+      raise RuntimeError("boom")
+
+  with pytest.raises(RuntimeError):
+    io_utils.save_npz(tmp_path / "x.npz", features=Unconvertible())
+  assert list(tmp_path.iterdir()) == []
 
 
 # --- Llama embedding layer -------------------------------------------------------------------------------
 
 
 def test_embedding_is_read_from_the_one_shard_that_holds_it(ckpt, monkeypatch):
-    from preprocess import llama_embedding
+  from preprocess import llama_embedding
 
-    opened = []
-    real_safe_open = llama_embedding.safe_open
-    monkeypatch.setattr(
-        llama_embedding, "safe_open", lambda path, **kw: opened.append(Path(path).name) or real_safe_open(path, **kw)
-    )
-    index = json.loads((ckpt["llama_sharded"] / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) > 1  # really sharded
-    sharded = load_embedding_matrix(ckpt["llama_sharded"])
-    assert opened == [index["weight_map"]["model.embed_tokens.weight"]]
-    full = transformers.LlamaForCausalLM.from_pretrained(ckpt["llama"]).get_input_embeddings().weight
-    torch.testing.assert_close(sharded, full.detach())
-    torch.testing.assert_close(load_embedding_matrix(ckpt["llama"]), full.detach())
+  opened = []
+  real_safe_open = llama_embedding.safe_open
+  monkeypatch.setattr(
+      llama_embedding,
+      "safe_open",
+      lambda path, **kw: opened.append(Path(path).name) or real_safe_open(path, **kw),
+  )
+  index = json.loads((ckpt["llama_sharded"] / "model.safetensors.index.json").read_text())
+  assert len(set(index["weight_map"].values())) > 1  # really sharded
+  sharded = load_embedding_matrix(ckpt["llama_sharded"])
+  assert opened == [index["weight_map"]["model.embed_tokens.weight"]]
+  full = transformers.LlamaForCausalLM.from_pretrained(ckpt["llama"]).get_input_embeddings().weight
+  torch.testing.assert_close(sharded, full.detach())
+  torch.testing.assert_close(load_embedding_matrix(ckpt["llama"]), full.detach())
 
 
 def test_caption_vector_is_the_mean_of_its_non_special_token_vectors(ckpt):
-    embedder = LlamaEmbedder(ckpt["llama"])
-    ids = embedder.tokenizer("a man cooks food")["input_ids"]
-    assert ids[0] == embedder.tokenizer.bos_token_id  # the tokenizer adds BOS, the features must not
-    expected = embedder.matrix[ids[1:]].mean(0).numpy()
-    np.testing.assert_allclose(embedder.mean_vector("a man cooks food"), expected, rtol=1e-6)
-    assert embedder.token_vectors("a man cooks food </s>").shape == (4, 16)
-    np.testing.assert_array_equal(embedder.mean_vector(""), np.zeros(16, np.float32))
+  embedder = LlamaEmbedder(ckpt["llama"])
+  ids = embedder.tokenizer("a man cooks food")["input_ids"]
+  assert ids[0] == embedder.tokenizer.bos_token_id  # the tokenizer adds BOS, the features must not
+  expected = embedder.matrix[ids[1:]].mean(0).numpy()
+  np.testing.assert_allclose(embedder.mean_vector("a man cooks food"), expected, rtol=1e-6)
+  assert embedder.token_vectors("a man cooks food </s>").shape == (4, 16)
+  np.testing.assert_array_equal(embedder.mean_vector(""), np.zeros(16, np.float32))
 
 
 # --- the CLIs end to end ---------------------------------------------------------------------------------
 
 
-def test_video_llm_captions_then_text_features_match_the_layout(ckpt, videos, annotations, tmp_path):
-    out = tmp_path / "feat"
-    assert run_captions(videos, ckpt["llava_next_video"], out, "--annotations", str(annotations)) == 0
-    for vid, seconds in DURATIONS.items():
-        record = json.loads((out / "captions" / f"{vid}.json").read_text())
-        n = num_clips(seconds, 2.0)
-        assert len(record["captions"]) == n and all(isinstance(c, str) for c in record["captions"])
-        assert record["instructions"] == sample_instructions(7, vid, n)
-        assert record["frames_per_clip"] == 2
+def test_video_llm_captions_then_text_features_match_the_layout(
+    ckpt, videos, annotations, tmp_path
+):
+  out = tmp_path / "feat"
+  assert run_captions(videos, ckpt["llava_next_video"], out, "--annotations", str(annotations)) == 0
+  for vid, seconds in DURATIONS.items():
+    record = json.loads((out / "captions" / f"{vid}.json").read_text())
+    n = num_clips(seconds, 2.0)
+    assert len(record["captions"]) == n and all(isinstance(c, str) for c in record["captions"])
+    assert record["instructions"] == sample_instructions(7, vid, n)
+    assert record["frames_per_clip"] == 2
 
-    argv = ["--out", str(out), "--annotations", str(annotations), "--llama", str(ckpt["llama_sharded"])]
-    assert text_features.main(argv + ["--clip", str(ckpt["clip"])]) == 0
-    embedder = LlamaEmbedder(ckpt["llama"])
-    for vid, seconds in DURATIONS.items():
-        record = json.loads((out / "captions" / f"{vid}.json").read_text())
-        with np.load(out / "caption_features" / f"{vid}.npz", allow_pickle=False) as npz:
-            assert sorted(npz.files) == ["captions", "features", "instructions"]
-            features = npz["features"]
-            assert features.dtype == np.float32 and features.shape == (num_clips(seconds, 2.0), 16)
-            assert npz["captions"].dtype.kind == "U" and npz["captions"].tolist() == record["captions"]
-            assert npz["instructions"].tolist() == record["instructions"]
-        np.testing.assert_allclose(features, [embedder.mean_vector(c) for c in record["captions"]], rtol=1e-6)
-    for qid, query, _ in QUERIES:
-        with np.load(out / "caption_query_features" / f"qid{qid}.npz") as npz:
-            tokens = npz["last_hidden_state"]
-        assert tokens.dtype == np.float32 and tokens.shape == (len(query.split()), 16)
-        with np.load(out / "clip_text_features" / f"qid{qid}.npz") as npz:
-            clip_tokens = npz["last_hidden_state"]
-        # start + words + end, truncated to the tokenizer's 16 tokens (query 13 has 17 words)
-        assert clip_tokens.dtype == np.float32 and clip_tokens.shape == (min(len(query.split()) + 2, 16), 16)
+  argv = [
+      "--out",
+      str(out),
+      "--annotations",
+      str(annotations),
+      "--llama",
+      str(ckpt["llama_sharded"]),
+  ]
+  assert text_features.main(argv + ["--clip", str(ckpt["clip"])]) == 0
+  embedder = LlamaEmbedder(ckpt["llama"])
+  for vid, seconds in DURATIONS.items():
+    record = json.loads((out / "captions" / f"{vid}.json").read_text())
+    with np.load(out / "caption_features" / f"{vid}.npz", allow_pickle=False) as npz:
+      assert sorted(npz.files) == ["captions", "features", "instructions"]
+      features = npz["features"]
+      assert features.dtype == np.float32 and features.shape == (num_clips(seconds, 2.0), 16)
+      assert npz["captions"].dtype.kind == "U" and npz["captions"].tolist() == record["captions"]
+      assert npz["instructions"].tolist() == record["instructions"]
+    np.testing.assert_allclose(
+        features, [embedder.mean_vector(c) for c in record["captions"]], rtol=1e-6
+    )
+  for qid, query, _ in QUERIES:
+    with np.load(out / "caption_query_features" / f"qid{qid}.npz") as npz:
+      tokens = npz["last_hidden_state"]
+    assert tokens.dtype == np.float32 and tokens.shape == (len(query.split()), 16)
+    with np.load(out / "clip_text_features" / f"qid{qid}.npz") as npz:
+      clip_tokens = npz["last_hidden_state"]
+    # start + words + end, truncated to the tokenizer's 16 tokens (query 13 has 17 words)
+    assert clip_tokens.dtype == np.float32 and clip_tokens.shape == (
+        min(len(query.split()) + 2, 16),
+        16,
+    )
 
 
 def test_image_llm_captions_the_middle_frame_of_each_clip(ckpt, videos, tmp_path):
-    assert run_captions(videos, ckpt["llava"], tmp_path, "--shard", "1", "--num_shards", "2") == 0
-    written = sorted(p.stem for p in (tmp_path / "captions").iterdir())
-    assert written == sorted(DURATIONS)[1::2]
-    record = json.loads((tmp_path / "captions" / f"{written[0]}.json").read_text())
-    assert record["frames_per_clip"] == 1
-    assert len(record["captions"]) == num_clips(DURATIONS[written[0]], 2.0)
+  assert run_captions(videos, ckpt["llava"], tmp_path, "--shard", "1", "--num_shards", "2") == 0
+  written = sorted(p.stem for p in (tmp_path / "captions").iterdir())
+  assert written == sorted(DURATIONS)[1::2]
+  record = json.loads((tmp_path / "captions" / f"{written[0]}.json").read_text())
+  assert record["frames_per_clip"] == 1
+  assert len(record["captions"]) == num_clips(DURATIONS[written[0]], 2.0)
 
 
 def test_clip_features_shapes_shards_and_frame_averaging(ckpt, videos, tmp_path):
-    argv = ["--videos", str(videos), "--clip", str(ckpt["clip"]), "--out", str(tmp_path), "--frames_per_clip", "2"]
-    for shard in ("0", "1"):
-        assert clip_features.main(argv + ["--shard", shard, "--num_shards", "2", "--batch_size", "3"]) == 0
-    assert sorted(p.stem for p in (tmp_path / "clip_features").iterdir()) == sorted(DURATIONS)
-    encoder = clip_features.ClipImageEncoder(str(ckpt["clip"]), torch.device("cpu"), torch.float32)
-    with ClipReader(videos / "vid_b.mp4", 2.0, 2) as reader:
-        clips = list(reader)
-    per_frame = encoder([frame[None] for clip in clips for frame in clip]).reshape(len(clips), 2, -1)
-    with np.load(tmp_path / "clip_features" / "vid_b.npz") as npz:
-        features = npz["features"]
-    assert features.dtype == np.float32 and features.shape == (3, 8)
-    np.testing.assert_allclose(features, per_frame.mean(1), rtol=1e-4, atol=1e-6)
+  argv = [
+      "--videos",
+      str(videos),
+      "--clip",
+      str(ckpt["clip"]),
+      "--out",
+      str(tmp_path),
+      "--frames_per_clip",
+      "2",
+  ]
+  for shard in ("0", "1"):
+    assert (
+        clip_features.main(argv + ["--shard", shard, "--num_shards", "2", "--batch_size", "3"]) == 0
+    )
+  assert sorted(p.stem for p in (tmp_path / "clip_features").iterdir()) == sorted(DURATIONS)
+  encoder = clip_features.ClipImageEncoder(str(ckpt["clip"]), torch.device("cpu"), torch.float32)
+  with ClipReader(videos / "vid_b.mp4", 2.0, 2) as reader:
+    clips = list(reader)
+  per_frame = encoder([frame[None] for clip in clips for frame in clip]).reshape(len(clips), 2, -1)
+  with np.load(tmp_path / "clip_features" / "vid_b.npz") as npz:
+    features = npz["features"]
+  assert features.dtype == np.float32 and features.shape == (3, 8)
+  np.testing.assert_allclose(features, per_frame.mean(1), rtol=1e-4, atol=1e-6)
 
 
-def test_interrupted_run_keeps_finished_videos_and_resumes(ckpt, videos, tmp_path, monkeypatch, caplog):
-    calls = []
-    real_caption = Captioner.caption
+def test_interrupted_run_keeps_finished_videos_and_resumes(
+    ckpt, videos, tmp_path, monkeypatch, caplog
+):
+  calls = []
+  real_caption = Captioner.caption
 
-    def caption_until_second_video(self, clips, instructions):
-        calls.append(len(clips))
-        if len(calls) == 2:  # vid_a is one batch; interrupt in the middle of vid_b
-            raise KeyboardInterrupt
-        return real_caption(self, clips, instructions)
+  def caption_until_second_video(self, clips, instructions):
+    calls.append(len(clips))
+    if len(calls) == 2:  # vid_a is one batch; interrupt in the middle of vid_b
+      raise KeyboardInterrupt
+    return real_caption(self, clips, instructions)
 
-    monkeypatch.setattr(Captioner, "caption", caption_until_second_video)
-    with pytest.raises(KeyboardInterrupt):
-        run_captions(videos, ckpt["llava"], tmp_path)
-    monkeypatch.undo()
-    out_dir = tmp_path / "captions"
-    assert [p.name for p in out_dir.iterdir()] == ["vid_a.json"]  # no partial or temporary file
-    finished = (out_dir / "vid_a.json").stat().st_mtime_ns
+  monkeypatch.setattr(Captioner, "caption", caption_until_second_video)
+  with pytest.raises(KeyboardInterrupt):
+    run_captions(videos, ckpt["llava"], tmp_path)
+  monkeypatch.undo()
+  out_dir = tmp_path / "captions"
+  assert [p.name for p in out_dir.iterdir()] == ["vid_a.json"]  # no partial or temporary file
+  finished = (out_dir / "vid_a.json").stat().st_mtime_ns
 
-    caplog.set_level("INFO")
-    assert run_captions(videos, ckpt["llava"], tmp_path) == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == ["vid_a.json", "vid_b.json", "vid_c.json"]
-    assert (out_dir / "vid_a.json").stat().st_mtime_ns == finished
-    assert "captions: 2 written, 1 already done, 0 failed" in caplog.text
+  caplog.set_level("INFO")
+  assert run_captions(videos, ckpt["llava"], tmp_path) == 0
+  assert sorted(p.name for p in out_dir.iterdir()) == ["vid_a.json", "vid_b.json", "vid_c.json"]
+  assert (out_dir / "vid_a.json").stat().st_mtime_ns == finished
+  assert "captions: 2 written, 1 already done, 0 failed" in caplog.text
 
 
 def test_unreadable_and_missing_videos_are_reported_and_the_rest_finish(ckpt, videos, tmp_path):
-    video_dir = tmp_path / "videos"
-    video_dir.mkdir()
-    for vid in DURATIONS:
-        os.symlink(videos / f"{vid}.mp4", video_dir / f"{vid}.mp4")
-    (video_dir / "corrupt.mp4").write_bytes(b"\x00not a video" * 64)
-    rows = [(1, "a", "vid_a"), (2, "b", "corrupt"), (3, "c", "missing"), (4, "d", "vid_c")]
-    anns = write_annotations(tmp_path / "ann.jsonl", rows)
-    out = tmp_path / "feat"
-    cmd = [sys.executable, "-m", "preprocess.clip_features", "--videos", str(video_dir), "--clip", str(ckpt["clip"])]
-    result = subprocess.run(
-        cmd + ["--out", str(out), "--annotations", str(anns)], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 1, result.stderr
-    assert sorted(p.stem for p in (out / "clip_features").iterdir()) == ["vid_a", "vid_c"]
-    error_lines = [line for line in result.stderr.splitlines() if "clip_features corrupt failed" in line]
-    assert len(error_lines) == 1 and "InvalidDataError" in error_lines[0]
-    assert "clip_features missing failed: FileNotFoundError" in result.stderr
-    assert "clip_features: 2 written, 0 already done, 2 failed" in result.stderr
+  video_dir = tmp_path / "videos"
+  video_dir.mkdir()
+  for vid in DURATIONS:
+    os.symlink(videos / f"{vid}.mp4", video_dir / f"{vid}.mp4")
+  (video_dir / "corrupt.mp4").write_bytes(b"\x00not a video" * 64)
+  rows = [(1, "a", "vid_a"), (2, "b", "corrupt"), (3, "c", "missing"), (4, "d", "vid_c")]
+  anns = write_annotations(tmp_path / "ann.jsonl", rows)
+  out = tmp_path / "feat"
+  cmd = [
+      sys.executable,
+      "-m",
+      "preprocess.clip_features",
+      "--videos",
+      str(video_dir),
+      "--clip",
+      str(ckpt["clip"]),
+  ]
+  result = subprocess.run(
+      cmd + ["--out", str(out), "--annotations", str(anns)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert result.returncode == 1, result.stderr
+  assert sorted(p.stem for p in (out / "clip_features").iterdir()) == ["vid_a", "vid_c"]
+  error_lines = [
+      line for line in result.stderr.splitlines() if "clip_features corrupt failed" in line
+  ]
+  assert len(error_lines) == 1 and "InvalidDataError" in error_lines[0]
+  assert "clip_features missing failed: FileNotFoundError" in result.stderr
+  assert "clip_features: 2 written, 0 already done, 2 failed" in result.stderr
 
 
 def test_outputs_load_with_the_jax_side_readers(ckpt, videos, annotations, tmp_path):
-    features_lib = pytest.importorskip("lmr_jax.data.features")
-    out = tmp_path / "feat"
-    assert run_captions(videos, ckpt["llava"], out) == 0
-    models = ["--llama", str(ckpt["llama"]), "--clip", str(ckpt["clip"])]
-    assert text_features.main(["--out", str(out), "--annotations", str(annotations), *models]) == 0
-    assert clip_features.main(["--videos", str(videos), "--clip", str(ckpt["clip"]), "--out", str(out)]) == 0
-    spec = features_lib.FeatureSpec(
-        feat_root=str(out),
-        visual_streams=("clip_features",),
-        visual_dims=(8,),
-        query_feat_dir="clip_text_features",
-        query_dim=16,
-        caption_feat_dir="caption_features",
-        caption_query_feat_dir="caption_query_features",
-        caption_dim=16,
-        clip_len=2.0,
-        max_clips=75,
-        max_query_tokens=32,
-    )
-    for vid, seconds in DURATIONS.items():
-        loaded = features_lib.load_video(spec, vid, with_captions=True)
-        assert loaded.num_clips_on_disk == num_clips(seconds, 2.0)
-        assert loaded.visual.shape == (num_clips(seconds, 2.0), 8 + 2) and loaded.caption.shape[1] == 16
-    for qid, _, _ in QUERIES:
-        assert features_lib.load_query_tokens(spec, qid, caption_encoder=True).shape[1] == 16
-        assert features_lib.load_query_tokens(spec, qid, caption_encoder=False).shape[1] == 16
+  features_lib = pytest.importorskip("lmr_jax.data.features")
+  out = tmp_path / "feat"
+  assert run_captions(videos, ckpt["llava"], out) == 0
+  models = ["--llama", str(ckpt["llama"]), "--clip", str(ckpt["clip"])]
+  assert text_features.main(["--out", str(out), "--annotations", str(annotations), *models]) == 0
+  assert (
+      clip_features.main(["--videos", str(videos), "--clip", str(ckpt["clip"]), "--out", str(out)])
+      == 0
+  )
+  spec = features_lib.FeatureSpec(
+      feat_root=str(out),
+      visual_streams=("clip_features",),
+      visual_dims=(8,),
+      query_feat_dir="clip_text_features",
+      query_dim=16,
+      caption_feat_dir="caption_features",
+      caption_query_feat_dir="caption_query_features",
+      caption_dim=16,
+      clip_len=2.0,
+      max_clips=75,
+      max_query_tokens=32,
+  )
+  for vid, seconds in DURATIONS.items():
+    loaded = features_lib.load_video(spec, vid, with_captions=True)
+    assert loaded.num_clips_on_disk == num_clips(seconds, 2.0)
+    assert loaded.visual.shape == (num_clips(seconds, 2.0), 8 + 2) and loaded.caption.shape[1] == 16
+  for qid, _, _ in QUERIES:
+    assert features_lib.load_query_tokens(spec, qid, caption_encoder=True).shape[1] == 16
+    assert features_lib.load_query_tokens(spec, qid, caption_encoder=False).shape[1] == 16

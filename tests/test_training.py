@@ -72,8 +72,9 @@ def test_resume_continues_exactly(tiny_data_root, tmp_path):
   assert "MR-full-mAP" in final_metrics["brief"]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_root, tmp_path,
-                                                             monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tiny_data_root, tmp_path, monkeypatch
+):
   config = tiny_config(tiny_data_root)
   config.log_every_steps = 1
   config.checkpoint_every_steps = 3

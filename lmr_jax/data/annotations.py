@@ -74,23 +74,32 @@ def parse_annotation(record: dict, source: str) -> QueryAnnotation:
     start, end = float(w[0]), float(w[1])
     if not 0.0 <= start < end <= duration:
       raise DataError(
-          f"{source}: qid {qid}: window [{start}, {end}] is outside [0, duration={duration}] or empty")
+          f"{source}: qid {qid}: window [{start}, {end}] is outside [0, duration={duration}] or empty"
+      )
     windows.append((start, end))
 
   clip_ids = record.get("relevant_clip_ids", [])
   scores = record.get("saliency_scores", [])
   if len(clip_ids) != len(scores):
-    raise DataError(f"{source}: qid {qid}: {len(clip_ids)} relevant_clip_ids but "
-                    f"{len(scores)} saliency_scores")
+    raise DataError(
+        f"{source}: qid {qid}: {len(clip_ids)} relevant_clip_ids but "
+        f"{len(scores)} saliency_scores"
+    )
   for cid, s in zip(clip_ids, scores):
     if not isinstance(cid, int) or cid < 0:
       raise DataError(f"{source}: qid {qid}: bad relevant_clip_id {cid!r}")
     if not (isinstance(s, list) and s and all(isinstance(x, int) and 0 <= x <= 4 for x in s)):
       raise DataError(f"{source}: qid {qid}: saliency scores {s!r} must be integers in [0, 4]")
   return QueryAnnotation(
-      qid=qid, query=query, vid=vid, duration=float(duration), windows=tuple(windows),
-      relevant_clip_ids=tuple(clip_ids), saliency_scores=tuple(tuple(s) for s in scores),
-      source=source)
+      qid=qid,
+      query=query,
+      vid=vid,
+      duration=float(duration),
+      windows=tuple(windows),
+      relevant_clip_ids=tuple(clip_ids),
+      saliency_scores=tuple(tuple(s) for s in scores),
+      source=source,
+  )
 
 
 def load_annotations(path: str | os.PathLike) -> list[QueryAnnotation]:
@@ -121,6 +130,7 @@ def load_annotations(path: str | os.PathLike) -> list[QueryAnnotation]:
 def main(argv=None) -> int:
   """``python -m lmr_jax.data.annotations FILE...``: validates each file, prints its counts."""
   import argparse
+
   parser = argparse.ArgumentParser(description="Validate QVHighlights-style annotation files.")
   parser.add_argument("files", nargs="+")
   failed = 0
@@ -132,8 +142,10 @@ def main(argv=None) -> int:
       failed += 1
       continue
     labelled = sum(a.has_labels for a in anns)
-    print(f"{path}: {len(anns)} queries, {len({a.vid for a in anns})} videos, {labelled} labelled, "
-          f"max duration {max(a.duration for a in anns):g} s")
+    print(
+        f"{path}: {len(anns)} queries, {len({a.vid for a in anns})} videos, {labelled} labelled, "
+        f"max duration {max(a.duration for a in anns):g} s"
+    )
   return 1 if failed else 0
 
 

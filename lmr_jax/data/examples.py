@@ -25,7 +25,7 @@ def clip_windows(ann: QueryAnnotation, num_clips: int, clip_len: float) -> tuple
 
 def _pad(x: np.ndarray, length: int) -> np.ndarray:
   out = np.zeros((length,) + x.shape[1:], dtype=x.dtype)
-  out[:x.shape[0]] = x
+  out[: x.shape[0]] = x
   return out
 
 
@@ -40,8 +40,16 @@ class ExampleSource:
   before training starts, and epochs read from memory.
   """
 
-  def __init__(self, annotations: list[QueryAnnotation], spec: features_lib.FeatureSpec, *,
-               with_captions: bool, max_windows: int, training: bool, preload: bool = True):
+  def __init__(
+      self,
+      annotations: list[QueryAnnotation],
+      spec: features_lib.FeatureSpec,
+      *,
+      with_captions: bool,
+      max_windows: int,
+      training: bool,
+      preload: bool = True,
+  ):
     self.spec = spec
     self.with_captions = with_captions
     self.max_windows = max_windows
@@ -64,11 +72,19 @@ class ExampleSource:
         continue
       self.annotations.append(ann)
     if truncated:
-      logging.warning("%d queries have videos longer than max_clips=%d: truncated to the first %d "
-                      "clips", truncated, spec.max_clips, spec.max_clips)
+      logging.warning(
+          "%d queries have videos longer than max_clips=%d: truncated to the first %d " "clips",
+          truncated,
+          spec.max_clips,
+          spec.max_clips,
+      )
     if dropped:
-      logging.warning("%d training queries dropped: no labelled window (or none left after "
-                      "truncation to max_clips=%d)", dropped, spec.max_clips)
+      logging.warning(
+          "%d training queries dropped: no labelled window (or none left after "
+          "truncation to max_clips=%d)",
+          dropped,
+          spec.max_clips,
+      )
     if not self.annotations:
       raise DataError("no usable queries in this split")
 
@@ -96,8 +112,11 @@ class ExampleSource:
     if self.training and not len(windows):
       raise DataError(f"{ann.source}: qid {ann.qid}: no window inside the first {num_clips} clips")
     if len(windows) > self.max_windows:
-      keep = (rng.choice(len(windows), self.max_windows, replace=False) if rng is not None
-              else np.arange(self.max_windows))
+      keep = (
+          rng.choice(len(windows), self.max_windows, replace=False)
+          if rng is not None
+          else np.arange(self.max_windows)
+      )
       windows = windows[np.sort(keep)]
     tokens = self._query_tokens(ann.qid, False)
     out = {

@@ -20,6 +20,7 @@ from lmr_jax.data.annotations import DataError
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
   """Where the features live and what shapes they must have (built from ``config.data``)."""
+
   feat_root: str
   visual_streams: tuple[str, ...]  # sub-directories, e.g. ("slowfast_features", "clip_features")
   visual_dims: tuple[int, ...]
@@ -36,8 +37,10 @@ class FeatureSpec:
 
   def __post_init__(self):
     if len(self.visual_streams) != len(self.visual_dims):
-      raise DataError(f"data.visual_streams {self.visual_streams} and data.visual_dims "
-                      f"{self.visual_dims} differ in length")
+      raise DataError(
+          f"data.visual_streams {self.visual_streams} and data.visual_dims "
+          f"{self.visual_dims} differ in length"
+      )
 
   @property
   def video_dim(self) -> int:
@@ -78,8 +81,9 @@ def temporal_endpoints(num_clips: int) -> np.ndarray:
   return np.stack([starts, starts + 1.0 / num_clips], axis=1)
 
 
-def captions_per_clip(caption_CxD: np.ndarray, caption_clip_len: float,
-                      clip_len: float) -> np.ndarray:
+def captions_per_clip(
+    caption_CxD: np.ndarray, caption_clip_len: float, clip_len: float
+) -> np.ndarray:
   """Maps per-caption rows onto visual clips: clip i takes the caption covering its midpoint.
 
   Identity when both use the same clip length (QVHighlights); for Charades-STA's 1/6 s VGG clips each
@@ -103,15 +107,20 @@ class VideoFeatures:
 def load_video(spec: FeatureSpec, vid: str, with_captions: bool) -> VideoFeatures:
   context = f"vid {vid}"
   streams = [
-      l2_normalize(read_npz_array(os.path.join(spec.feat_root, d, f"{vid}.npz"), "features", dim,
-                                  context))
+      l2_normalize(
+          read_npz_array(os.path.join(spec.feat_root, d, f"{vid}.npz"), "features", dim, context)
+      )
       for d, dim in zip(spec.visual_streams, spec.visual_dims)
   ]
   num_clips_on_disk = min(s.shape[0] for s in streams)
   caption = None
   if with_captions:
-    caption = read_npz_array(os.path.join(spec.feat_root, spec.caption_feat_dir, f"{vid}.npz"),
-                             "features", spec.caption_dim, context)
+    caption = read_npz_array(
+        os.path.join(spec.feat_root, spec.caption_feat_dir, f"{vid}.npz"),
+        "features",
+        spec.caption_dim,
+        context,
+    )
     caption = captions_per_clip(caption, spec.caption_clip_len, spec.clip_len)
     num_clips_on_disk = min(num_clips_on_disk, caption.shape[0])
   num_clips = min(num_clips_on_disk, spec.max_clips)
@@ -131,4 +140,4 @@ def load_query_tokens(spec: FeatureSpec, qid: int, caption_encoder: bool) -> np.
     directory, dim = spec.query_feat_dir, spec.query_dim
   path = os.path.join(spec.feat_root, directory, f"qid{qid}.npz")
   tokens = read_npz_array(path, "last_hidden_state", dim, f"qid {qid}")
-  return tokens[:spec.max_query_tokens]
+  return tokens[: spec.max_query_tokens]

@@ -47,9 +47,21 @@ from lmr_jax.data.examples import ExampleSource, clip_windows  # noqa: E402
 NAME = "lmr_packed"
 VERSION = "1.0.0"
 # The config.data fields that decide what features.load_video / load_query_tokens return.
-SETTINGS = ("name", "visual_streams", "visual_dims", "query_feat_dir", "query_dim",
-            "caption_feat_dir", "caption_query_feat_dir", "caption_dim", "clip_len",
-            "caption_clip_len", "max_clips", "max_query_tokens", "use_tef")
+SETTINGS = (
+    "name",
+    "visual_streams",
+    "visual_dims",
+    "query_feat_dir",
+    "query_dim",
+    "caption_feat_dir",
+    "caption_query_feat_dir",
+    "caption_dim",
+    "clip_len",
+    "caption_clip_len",
+    "max_clips",
+    "max_query_tokens",
+    "use_tef",
+)
 
 
 def dataset_dir(packed_dir: str, split: str) -> str:
@@ -66,11 +78,15 @@ def packed_settings(data: ml_collections.ConfigDict, with_captions: bool) -> dic
 
 def _features(spec: features_lib.FeatureSpec, with_captions: bool) -> tfds.features.FeaturesDict:
   def rows(dim):  # raw bytes: exact float32, and far faster to write and parse than a float list
-    return tfds.features.Tensor(shape=(None, dim), dtype=np.float32,
-                                encoding=tfds.features.Encoding.BYTES)
+    return tfds.features.Tensor(
+        shape=(None, dim), dtype=np.float32, encoding=tfds.features.Encoding.BYTES
+    )
 
-  features = {"qid": tfds.features.Scalar(np.int64), "visual": rows(spec.video_dim),
-              "query_tokens": rows(spec.query_dim)}
+  features = {
+      "qid": tfds.features.Scalar(np.int64),
+      "visual": rows(spec.video_dim),
+      "query_tokens": rows(spec.query_dim),
+  }
   if with_captions:
     features.update(caption=rows(spec.caption_dim), caption_query_tokens=rows(spec.caption_dim))
   return tfds.features.FeaturesDict(features)
@@ -84,8 +100,15 @@ class LmrPacked(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # package needs the importlib_resources backport; nothing is downloaded, so there is none.
   code_path = None
 
-  def __init__(self, *, split: str, annotations: list[QueryAnnotation],
-               spec: features_lib.FeatureSpec, settings: dict, **kwargs):
+  def __init__(
+      self,
+      *,
+      split: str,
+      annotations: list[QueryAnnotation],
+      spec: features_lib.FeatureSpec,
+      settings: dict,
+      **kwargs,
+  ):
     self._split = split
     self._annotations = annotations
     self._spec = spec
@@ -96,9 +119,12 @@ class LmrPacked(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # "queries" is filled while the examples are generated; tfds writes metadata.json afterwards.
     metadata = tfds.core.MetadataDict(settings=self._settings, queries=[])
     return tfds.core.DatasetInfo(
-        builder=self, description="LMR features of one split, one record per query.",
-        features=_features(self._spec, self._settings["with_captions"]), metadata=metadata,
-        disable_shuffling=True)  # record i is query i of the annotation file
+        builder=self,
+        description="LMR features of one split, one record per query.",
+        features=_features(self._spec, self._settings["with_captions"]),
+        metadata=metadata,
+        disable_shuffling=True,
+    )  # record i is query i of the annotation file
 
   def _split_generators(self, dl_manager):
     del dl_manager  # everything is local
@@ -109,8 +135,10 @@ class LmrPacked(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     queries = self.info.metadata["queries"]
     clips = {}  # vid -> (clips kept, clips on disk)
     for row, ann in enumerate(self._annotations):
-      example = {"qid": ann.qid,
-                 "query_tokens": features_lib.load_query_tokens(self._spec, ann.qid, False)}
+      example = {
+          "qid": ann.qid,
+          "query_tokens": features_lib.load_query_tokens(self._spec, ann.qid, False),
+      }
       if with_captions:
         example["caption_query_tokens"] = features_lib.load_query_tokens(self._spec, ann.qid, True)
       if ann.vid in clips:
@@ -124,13 +152,23 @@ class LmrPacked(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if with_captions:
           example["caption"] = video.caption
       num_clips, num_clips_on_disk = clips[ann.vid]
-      queries.append({"annotation": ann.to_record(), "source": ann.source, "num_clips": num_clips,
-                      "num_clips_on_disk": num_clips_on_disk})
+      queries.append(
+          {
+              "annotation": ann.to_record(),
+              "source": ann.source,
+              "num_clips": num_clips,
+              "num_clips_on_disk": num_clips_on_disk,
+          }
+      )
       yield row, example
 
 
-def _num_shards(spec: features_lib.FeatureSpec, with_captions: bool,
-                annotations: list[QueryAnnotation], shard_size_mb: float) -> int:
+def _num_shards(
+    spec: features_lib.FeatureSpec,
+    with_captions: bool,
+    annotations: list[QueryAnnotation],
+    shard_size_mb: float,
+) -> int:
   """Shards for one split from an upper bound of its size (every video at max_clips, every query at
   max_query_tokens), so that no shard is much over ``shard_size_mb``.
 
@@ -139,37 +177,51 @@ def _num_shards(spec: features_lib.FeatureSpec, with_captions: bool,
   """
   caption = spec.caption_dim if with_captions else 0
   num_videos = len({a.vid for a in annotations})
-  bound = 4 * (num_videos * spec.max_clips * (spec.video_dim + caption)
-               + len(annotations) * spec.max_query_tokens * (spec.query_dim + caption))
+  bound = 4 * (
+      num_videos * spec.max_clips * (spec.video_dim + caption)
+      + len(annotations) * spec.max_query_tokens * (spec.query_dim + caption)
+  )
   return max(1, min(len(annotations), math.ceil(bound / (shard_size_mb * 2**20))))
 
 
 def _annotations(data: ml_collections.ConfigDict, split: str) -> list[QueryAnnotation]:
   if split not in data.annotation_files:
-    raise DataError(f"config.data.annotation_files has no split '{split}' "
-                    f"(has {sorted(data.annotation_files)})")
+    raise DataError(
+        f"config.data.annotation_files has no split '{split}' "
+        f"(has {sorted(data.annotation_files)})"
+    )
   return annotations_lib.load_annotations(data.annotation_files[split])
 
 
-def pack(data: ml_collections.ConfigDict, out_dir: str, splits: Sequence[str], *,
-         with_captions: bool, shard_size_mb: float = 256.0) -> list[str]:
+def pack(
+    data: ml_collections.ConfigDict,
+    out_dir: str,
+    splits: Sequence[str],
+    *,
+    with_captions: bool,
+    shard_size_mb: float = 256.0,
+) -> list[str]:
   """Packs every query of each split; returns the dataset directories. Refuses to overwrite."""
   spec = dataset.feature_spec(data)
   settings = packed_settings(data, with_captions)
   written = []
   for split in splits:
     annotations = _annotations(data, split)
-    builder = LmrPacked(split=split, annotations=annotations, spec=spec, settings=settings,
-                        data_dir=out_dir)
+    builder = LmrPacked(
+        split=split, annotations=annotations, spec=spec, settings=settings, data_dir=out_dir
+    )
     if builder.is_prepared():
       raise DataError(f"{builder.data_dir}: split '{split}' is already packed; delete it to repack")
     shards = _num_shards(spec, with_captions, annotations, shard_size_mb)
     with tempfile.TemporaryDirectory() as download_dir:  # tfds wants one; nothing is downloaded
       builder.download_and_prepare(
-          download_dir=download_dir, file_format="array_record",
-          download_config=tfds.download.DownloadConfig(num_shards=shards))
-    logging.info("Packed %d %s queries into %d shards: %s", len(annotations), split, shards,
-                 builder.data_dir)
+          download_dir=download_dir,
+          file_format="array_record",
+          download_config=tfds.download.DownloadConfig(num_shards=shards),
+      )
+    logging.info(
+        "Packed %d %s queries into %d shards: %s", len(annotations), split, shards, builder.data_dir
+    )
     written.append(os.fspath(builder.data_dir))
   return written
 
@@ -182,8 +234,17 @@ class PackedExampleSource(ExampleSource):
   memory stays small whatever the split's size.
   """
 
-  def __init__(self, records: Sequence[dict], queries: list[dict], spec: features_lib.FeatureSpec,
-               *, with_captions: bool, max_windows: int, training: bool, path: str):
+  def __init__(
+      self,
+      records: Sequence[dict],
+      queries: list[dict],
+      spec: features_lib.FeatureSpec,
+      *,
+      with_captions: bool,
+      max_windows: int,
+      training: bool,
+      path: str,
+  ):
     packed = [annotations_lib.parse_annotation(q["annotation"], q["source"]) for q in queries]
     self._path = path
     # ``example`` asks for the video's record and then up to twice for the query's (often the same
@@ -198,71 +259,110 @@ class PackedExampleSource(ExampleSource):
     kept = _training_queries(packed, queries, spec) if training else packed
     truncated = sum(q["num_clips_on_disk"] > spec.max_clips for q in queries)
     if truncated:
-      logging.warning("%d queries have videos longer than max_clips=%d: truncated to the first %d "
-                      "clips", truncated, spec.max_clips, spec.max_clips)
+      logging.warning(
+          "%d queries have videos longer than max_clips=%d: truncated to the first %d " "clips",
+          truncated,
+          spec.max_clips,
+          spec.max_clips,
+      )
     # With preload=False the base reads nothing; its own drop check (against max_clips) keeps all
     # of ``kept``, which was filtered with the exact clip counts.
-    super().__init__(kept, spec, with_captions=with_captions, max_windows=max_windows,
-                     training=training, preload=False)
+    super().__init__(
+        kept,
+        spec,
+        with_captions=with_captions,
+        max_windows=max_windows,
+        training=training,
+        preload=False,
+    )
 
   def _record(self, row: int) -> dict:
     record = self._read(row)
     if record["qid"] != self._qids[row]:
-      raise DataError(f"{self._path}: record {row} holds qid {record['qid']}, metadata.json says "
-                      f"{self._qids[row]}; the packed split is corrupt, repack it")
+      raise DataError(
+          f"{self._path}: record {row} holds qid {record['qid']}, metadata.json says "
+          f"{self._qids[row]}; the packed split is corrupt, repack it"
+      )
     return record
 
   def _video(self, vid: str) -> features_lib.VideoFeatures:
     record = self._record(self._video_row[vid])
-    return features_lib.VideoFeatures(visual=record["visual"], caption=record.get("caption"),
-                                      num_clips_on_disk=self._num_clips_on_disk[vid])
+    return features_lib.VideoFeatures(
+        visual=record["visual"],
+        caption=record.get("caption"),
+        num_clips_on_disk=self._num_clips_on_disk[vid],
+    )
 
   def _query_tokens(self, qid: int, caption_encoder: bool) -> np.ndarray:
     record = self._record(self._query_row[qid])
     return record["caption_query_tokens" if caption_encoder else "query_tokens"]
 
 
-def _training_queries(packed: list[QueryAnnotation], queries: list[dict],
-                      spec: features_lib.FeatureSpec) -> list[QueryAnnotation]:
+def _training_queries(
+    packed: list[QueryAnnotation], queries: list[dict], spec: features_lib.FeatureSpec
+) -> list[QueryAnnotation]:
   """The numpy path's training filter: drop queries with no window inside the kept clips."""
-  kept = [a for a, q in zip(packed, queries)
-          if len(clip_windows(a, q["num_clips"], spec.clip_len)[0])]
+  kept = [
+      a for a, q in zip(packed, queries) if len(clip_windows(a, q["num_clips"], spec.clip_len)[0])
+  ]
   if len(kept) < len(packed):
-    logging.warning("%d training queries dropped: no labelled window (or none left after "
-                    "truncation to max_clips=%d)", len(packed) - len(kept), spec.max_clips)
+    logging.warning(
+        "%d training queries dropped: no labelled window (or none left after "
+        "truncation to max_clips=%d)",
+        len(packed) - len(kept),
+        spec.max_clips,
+    )
   return kept
 
 
 def _check_settings(path: str, stored: dict, current: dict) -> None:
-  diffs = [f"{k}={stored.get(k)!r} (config: {v!r})" for k, v in current.items()
-           if stored.get(k) != v]
+  diffs = [
+      f"{k}={stored.get(k)!r} (config: {v!r})" for k, v in current.items() if stored.get(k) != v
+  ]
   if diffs:
-    raise DataError(f"{path}: packed with other data settings than this config: "
-                    f"{', '.join(diffs)}; repack with this config or fix it")
+    raise DataError(
+        f"{path}: packed with other data settings than this config: "
+        f"{', '.join(diffs)}; repack with this config or fix it"
+    )
 
 
-def packed_source(packed_dir: str, split: str, data: ml_collections.ConfigDict, *,
-                  with_captions: bool, training: bool) -> PackedExampleSource:
+def packed_source(
+    packed_dir: str,
+    split: str,
+    data: ml_collections.ConfigDict,
+    *,
+    with_captions: bool,
+    training: bool,
+) -> PackedExampleSource:
   """The packed counterpart of ``dataset.example_source``: same queries, bit-identical examples."""
   path = dataset_dir(packed_dir, split)
   if not (epath.Path(path) / "dataset_info.json").exists():
     root = epath.Path(packed_dir) / NAME
     found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-    raise DataError(f"{path}: split '{split}' is not packed (packed splits in {packed_dir}: "
-                    f"{found or 'none'}); write it with python -m lmr_jax.data.packed "
-                    f"--splits={split}")
+    raise DataError(
+        f"{path}: split '{split}' is not packed (packed splits in {packed_dir}: "
+        f"{found or 'none'}); write it with python -m lmr_jax.data.packed "
+        f"--splits={split}"
+    )
   builder = tfds.builder_from_directory(path)
   metadata = builder.info.metadata
   _check_settings(path, metadata["settings"], packed_settings(data, with_captions))
-  return PackedExampleSource(builder.as_data_source(split), metadata["queries"],
-                             dataset.feature_spec(data), with_captions=with_captions,
-                             max_windows=data.max_windows, training=training, path=path)
+  return PackedExampleSource(
+      builder.as_data_source(split),
+      metadata["queries"],
+      dataset.feature_spec(data),
+      with_captions=with_captions,
+      max_windows=data.max_windows,
+      training=training,
+      path=path,
+  )
 
 
 def _define_flags() -> None:
   """Defined only when run as a script: train.py defines its own --config in the same process."""
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
+  )
   flags.DEFINE_string("out_dir", None, "Packed datasets go to {out_dir}/lmr_packed/{split}/.")
   flags.DEFINE_list("splits", ["train", "val"], "Splits of config.data.annotation_files to pack.")
   flags.DEFINE_float("shard_size_mb", 256.0, "Largest shard size, from the config's maxima.")
@@ -275,9 +375,13 @@ def main(argv) -> None:
   config = flags.FLAGS.config
   if config.data.generate_synthetic:
     dataset.ensure_synthetic(config.data)
-  for path in pack(config.data, flags.FLAGS.out_dir, flags.FLAGS.splits,
-                   with_captions=config.model.use_caption_context,
-                   shard_size_mb=flags.FLAGS.shard_size_mb):
+  for path in pack(
+      config.data,
+      flags.FLAGS.out_dir,
+      flags.FLAGS.splits,
+      with_captions=config.model.use_caption_context,
+      shard_size_mb=flags.FLAGS.shard_size_mb,
+  ):
     print(path)
 
 

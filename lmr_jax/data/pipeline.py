@@ -26,6 +26,7 @@ tf.config.set_visible_devices([], "GPU")
 @dataclasses.dataclass(frozen=True)
 class DataPosition:
   """Where the training stream stands: the next batch is batch ``step`` of epoch ``epoch``."""
+
   epoch: int = 0
   step: int = 0
 
@@ -34,20 +35,23 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full global batches per epoch (the remainder is left out of that epoch's permutation)."""
   steps = num_examples // global_batch_size
   if steps == 0:
-    raise ValueError(f"batch_size {global_batch_size} is larger than the {num_examples} training "
-                     "queries")
+    raise ValueError(
+        f"batch_size {global_batch_size} is larger than the {num_examples} training " "queries"
+    )
   return steps
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
-    raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} "
-                     "processes")
+    raise ValueError(
+        f"batch_size {global_batch_size} is not divisible by the {process_count} " "processes"
+    )
   return global_batch_size // process_count
 
 
-def _dataset_from_indices(source: ExampleSource, indices: np.ndarray, seeds: np.ndarray | None,
-                          batch_size: int) -> tf.data.Dataset:
+def _dataset_from_indices(
+    source: ExampleSource, indices: np.ndarray, seeds: np.ndarray | None, batch_size: int
+) -> tf.data.Dataset:
   """Maps example indices to padded examples (numpy, in parallel, order kept) and batches them."""
   spec = source.element_spec()
   keys = sorted(spec)
@@ -58,8 +62,9 @@ def _dataset_from_indices(source: ExampleSource, indices: np.ndarray, seeds: np.
     return [example[k] for k in keys]
 
   def load_tf(index, seed):
-    arrays = tf.numpy_function(load, [index, seed], [tf.as_dtype(spec[k][1]) for k in keys],
-                               stateful=False)
+    arrays = tf.numpy_function(
+        load, [index, seed], [tf.as_dtype(spec[k][1]) for k in keys], stateful=False
+    )
     return {k: tf.ensure_shape(a, spec[k][0]) for k, a in zip(keys, arrays)}
 
   seed_column = seeds if seeds is not None else np.zeros(len(indices), np.int64)
@@ -72,24 +77,38 @@ def _dataset_from_indices(source: ExampleSource, indices: np.ndarray, seeds: np.
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_indices(num_examples: int, global_batch_size: int, seed: int, epoch: int,
-                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+def epoch_indices(
+    num_examples: int,
+    global_batch_size: int,
+    seed: int,
+    epoch: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> np.ndarray:
   """This process's example indices for ``epoch``, in visiting order, whole batches only."""
   steps = steps_per_epoch(num_examples, global_batch_size)
-  order = np.random.default_rng([seed, epoch]).permutation(num_examples)[:steps * global_batch_size]
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)[
+      : steps * global_batch_size
+  ]
   return order[process_index::process_count]
 
 
-def train_batches(source: ExampleSource, global_batch_size: int, seed: int,
-                  start: DataPosition = DataPosition(), process_index: int = 0,
-                  process_count: int = 1) -> Iterator[tuple[DataPosition, dict[str, np.ndarray]]]:
+def train_batches(
+    source: ExampleSource,
+    global_batch_size: int,
+    seed: int,
+    start: DataPosition = DataPosition(),
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[tuple[DataPosition, dict[str, np.ndarray]]]:
   """Endless training batches from ``start``; yields (position of this batch, batch)."""
   local_batch = _local_batch_size(global_batch_size, process_count)
   steps = steps_per_epoch(len(source), global_batch_size)
   epoch, step = start.epoch, start.step
   while True:
-    indices = epoch_indices(len(source), global_batch_size, seed, epoch, process_index,
-                            process_count)
+    indices = epoch_indices(
+        len(source), global_batch_size, seed, epoch, process_index, process_count
+    )
     # One seed per visit of an example: the random window subset is reproducible on resume.
     seeds = np.random.default_rng([seed, epoch, 1]).integers(0, 2**62, size=len(indices))
     first = step * local_batch
@@ -101,8 +120,9 @@ def train_batches(source: ExampleSource, global_batch_size: int, seed: int,
     epoch, step = epoch + 1, 0
 
 
-def eval_batches(source: ExampleSource, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    source: ExampleSource, global_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """Every query once, in file order, this process's share; the last batch padded and masked.
 
   All processes yield the same number of batches (a multi-host eval step needs that).

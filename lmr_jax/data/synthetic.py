@@ -25,12 +25,48 @@ import zlib
 
 import numpy as np
 
-ACTORS = ("man", "woman", "boy", "girl", "chef", "dog", "teacher", "old man", "couple", "athlete",
-          "musician", "grandmother")
-ACTIONS = ("cooking", "dancing", "reading a book", "running", "painting", "singing", "swimming",
-           "eating", "talking on the phone", "riding a bike", "playing guitar", "cleaning")
-SCENES = ("kitchen", "beach", "park", "office", "street", "forest", "garden", "living room",
-          "restaurant", "gym", "library", "market")
+ACTORS = (
+    "man",
+    "woman",
+    "boy",
+    "girl",
+    "chef",
+    "dog",
+    "teacher",
+    "old man",
+    "couple",
+    "athlete",
+    "musician",
+    "grandmother",
+)
+ACTIONS = (
+    "cooking",
+    "dancing",
+    "reading a book",
+    "running",
+    "painting",
+    "singing",
+    "swimming",
+    "eating",
+    "talking on the phone",
+    "riding a bike",
+    "playing guitar",
+    "cleaning",
+)
+SCENES = (
+    "kitchen",
+    "beach",
+    "park",
+    "office",
+    "street",
+    "forest",
+    "garden",
+    "living room",
+    "restaurant",
+    "gym",
+    "library",
+    "market",
+)
 
 CAPTION_TEMPLATES = (
     "a {actor} is {action} in the {scene}.",
@@ -63,6 +99,7 @@ QUERY_TEMPLATES = (
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
   """Sizes and difficulty. ``visual_noise`` is the per-dimension noise std relative to the signal."""
+
   seed: int = 0
   train_videos: int = 600
   val_videos: int = 150
@@ -127,8 +164,10 @@ def _plan_video(rng: np.random.Generator, cfg: SyntheticConfig, num_clips: int):
       if other != (actor, action):
         break
     events.append(other + (int(rng.integers(len(SCENES))),))
-  queries = [(actor, action, scene, [i for i, e in enumerate(events[:num_core]) if e[2] == scene])
-             for scene in dict.fromkeys(scenes)]
+  queries = [
+      (actor, action, scene, [i for i, e in enumerate(events[:num_core]) if e[2] == scene])
+      for scene in dict.fromkeys(scenes)
+  ]
   order = rng.permutation(len(events))
   lengths = rng.integers(cfg.min_event_clips, cfg.max_event_clips + 1, size=len(events))
   spare = num_clips - int(lengths.sum())
@@ -164,16 +203,22 @@ class _VisualBasis:
 
   def __init__(self, cfg: SyntheticConfig):
     if cfg.clip_dim != cfg.text_dim:
-      raise ValueError(f"clip_dim ({cfg.clip_dim}) must equal text_dim ({cfg.text_dim}): CLIP image "
-                       "and text features share one space")
+      raise ValueError(
+          f"clip_dim ({cfg.clip_dim}) must equal text_dim ({cfg.text_dim}): CLIP image "
+          "and text features share one space"
+      )
     rng = np.random.default_rng([cfg.seed, 7])
     random_unit = lambda n: (  # noqa: E731
-        rng.standard_normal((n, cfg.slowfast_dim)).astype(np.float32) / np.sqrt(cfg.slowfast_dim))
+        rng.standard_normal((n, cfg.slowfast_dim)).astype(np.float32) / np.sqrt(cfg.slowfast_dim)
+    )
     phrase = lambda words: embed_tokens(words, cfg.clip_dim, "clip").mean(0)  # noqa: E731
     self.streams = [
         (random_unit(len(ACTORS)), random_unit(len(ACTIONS)), random_unit(1)),
-        (np.stack([phrase(a) for a in ACTORS]), np.stack([phrase(a) for a in ACTIONS]),
-         phrase("background")[None]),
+        (
+            np.stack([phrase(a) for a in ACTORS]),
+            np.stack([phrase(a) for a in ACTIONS]),
+            phrase("background")[None],
+        ),
     ]
 
   def features(self, rng, cfg, events: list[Event], num_clips: int) -> list[np.ndarray]:
@@ -182,7 +227,7 @@ class _VisualBasis:
       dim = actors.shape[1]
       feats = np.repeat(background, num_clips, axis=0)
       for e in events:
-        feats[e.start:e.end] = actors[e.actor] + actions[e.action]
+        feats[e.start : e.end] = actors[e.actor] + actions[e.action]
       noise = rng.standard_normal((num_clips, dim), dtype=np.float32) / np.sqrt(dim)
       out.append((feats + cfg.visual_noise * noise).astype(np.float16))
     return out
@@ -201,8 +246,14 @@ def _saliency_scores(rng: np.random.Generator, length: int) -> list[list[int]]:
   return np.clip(np.rint(scores), 1, 4).astype(int).tolist()
 
 
-def generate_split(cfg: SyntheticConfig, out_dir: str, split: str, num_videos: int,
-                   first_qid: int, basis: _VisualBasis) -> list[dict]:
+def generate_split(
+    cfg: SyntheticConfig,
+    out_dir: str,
+    split: str,
+    num_videos: int,
+    first_qid: int,
+    basis: _VisualBasis,
+) -> list[dict]:
   feat_dir = os.path.join(out_dir, "features")
   rng = np.random.default_rng([cfg.seed, zlib.crc32(split.encode())])
   records = []
@@ -222,25 +273,40 @@ def generate_split(cfg: SyntheticConfig, out_dir: str, split: str, num_videos: i
     instructions = [f"synthetic caption style {rng.integers(10)}" for _ in range(num_clips)]
     _write_npz(os.path.join(feat_dir, "slowfast_features", f"{vid}.npz"), features=slowfast)
     _write_npz(os.path.join(feat_dir, "clip_features", f"{vid}.npz"), features=clip)
-    _write_npz(os.path.join(feat_dir, "caption_features", f"{vid}.npz"),
-               features=np.stack([embed_tokens(c, cfg.caption_dim, "llm").mean(0) for c in captions]),
-               captions=np.array(captions), instructions=np.array(instructions))
+    _write_npz(
+        os.path.join(feat_dir, "caption_features", f"{vid}.npz"),
+        features=np.stack([embed_tokens(c, cfg.caption_dim, "llm").mean(0) for c in captions]),
+        captions=np.array(captions),
+        instructions=np.array(instructions),
+    )
     for actor, action, scene, targets in queries:
       qid = first_qid + len(records)
       words = dict(actor=ACTORS[actor], action=ACTIONS[action], scene=SCENES[scene])
       query = QUERY_TEMPLATES[rng.integers(len(QUERY_TEMPLATES))].format(**words)
-      _write_npz(os.path.join(feat_dir, "clip_text_features", f"qid{qid}.npz"),
-                 last_hidden_state=embed_tokens(query, cfg.text_dim, "clip"))
-      _write_npz(os.path.join(feat_dir, "caption_query_features", f"qid{qid}.npz"),
-                 last_hidden_state=embed_tokens(query, cfg.caption_dim, "llm"))
+      _write_npz(
+          os.path.join(feat_dir, "clip_text_features", f"qid{qid}.npz"),
+          last_hidden_state=embed_tokens(query, cfg.text_dim, "clip"),
+      )
+      _write_npz(
+          os.path.join(feat_dir, "caption_query_features", f"qid{qid}.npz"),
+          last_hidden_state=embed_tokens(query, cfg.caption_dim, "llm"),
+      )
       target_events = sorted((events[t] for t in targets), key=lambda e: e.start)
       clip_ids = [c for e in target_events for c in range(e.start, e.end)]
       scores = [s for e in target_events for s in _saliency_scores(rng, e.end - e.start)]
-      records.append({
-          "qid": qid, "query": query, "duration": num_clips * cfg.clip_len, "vid": vid,
-          "relevant_windows": [[e.start * cfg.clip_len, e.end * cfg.clip_len] for e in target_events],
-          "relevant_clip_ids": clip_ids, "saliency_scores": scores,
-      })
+      records.append(
+          {
+              "qid": qid,
+              "query": query,
+              "duration": num_clips * cfg.clip_len,
+              "vid": vid,
+              "relevant_windows": [
+                  [e.start * cfg.clip_len, e.end * cfg.clip_len] for e in target_events
+              ],
+              "relevant_clip_ids": clip_ids,
+              "saliency_scores": scores,
+          }
+      )
   return records
 
 
@@ -257,14 +323,18 @@ LABEL_KEYS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
 
 def generate(cfg: SyntheticConfig, out_dir: str) -> dict[str, str]:
   """Writes the benchmark under ``out_dir``; returns the annotation file of each split."""
-  for d in ("slowfast_features", "clip_features", "clip_text_features", "caption_features",
-            "caption_query_features"):
+  for d in (
+      "slowfast_features",
+      "clip_features",
+      "clip_text_features",
+      "caption_features",
+      "caption_query_features",
+  ):
     os.makedirs(os.path.join(out_dir, "features", d), exist_ok=True)
   os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
   basis = _VisualBasis(cfg)
   files, qid = {}, 0
-  for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos),
-                   ("test", cfg.test_videos)):
+  for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos), ("test", cfg.test_videos)):
     records = generate_split(cfg, out_dir, split, n, qid, basis)
     qid += len(records)
     if split == "test":  # as QVHighlights: a release without labels, and the labels apart

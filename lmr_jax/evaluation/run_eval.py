@@ -37,13 +37,19 @@ class EvalError(ValueError):
 
 
 # What eval.py reports as one "error: ..." line: bad options, data, checkpoint or spaCy model.
-ERRORS = (EvalError, DataError, checkpoint_lib.CheckpointError, submission_lib.SubmissionError,
-          cqval_lib.SpacyModelError)
+ERRORS = (
+    EvalError,
+    DataError,
+    checkpoint_lib.CheckpointError,
+    submission_lib.SubmissionError,
+    cqval_lib.SpacyModelError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Annotations:
   """The part of an ExampleSource that ``trainer.score`` reads, for scoring a subset of queries."""
+
   annotations: Sequence[QueryAnnotation]
 
 
@@ -89,11 +95,17 @@ def format_brief(brief: dict, title: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def cqval_rows(records: list[dict], annotations: Sequence[QueryAnnotation], evals: Sequence[str], nlp,
-               grid: Sequence[tuple[int, int]] = CQVAL_GRID) -> list[dict]:
+def cqval_rows(
+    records: list[dict],
+    annotations: Sequence[QueryAnnotation],
+    evals: Sequence[str],
+    nlp,
+    grid: Sequence[tuple[int, int]] = CQVAL_GRID,
+) -> list[dict]:
   """Tab. IV rows: each (C, W) split of ``annotations`` scored on its share of ``records``.
 
-  An empty split (common on short-query data) has size 0 and ``None`` metrics instead of an error."""
+  An empty split (common on short-query data) has size 0 and ``None`` metrics instead of an error.
+  """
   splits = cqval_lib.build_cqval_splits([a.to_record() for a in annotations], nlp, grid)
   by_qid = {a.qid: a for a in annotations}
   rows = []
@@ -104,19 +116,34 @@ def cqval_rows(records: list[dict], annotations: Sequence[QueryAnnotation], eval
       subset = _Annotations([by_qid[r["qid"]] for r in kept])
       brief = trainer.score([r for r in records if r["qid"] in qids], subset, evals)["brief"]
     columns = {col: None if brief is None else brief[key] for col, key in CQVAL_COLUMNS}
-    rows.append({"min_clauses": c, "min_words": w, "num_queries": len(kept),
-                 "percent": round(100 * len(kept) / len(annotations), 2), **columns, "brief": brief})
+    rows.append(
+        {
+            "min_clauses": c,
+            "min_words": w,
+            "num_queries": len(kept),
+            "percent": round(100 * len(kept) / len(annotations), 2),
+            **columns,
+            "brief": brief,
+        }
+    )
   return rows
 
 
 def format_cqval(rows: list[dict], title: str) -> str:
   """The paper's Tab. IV layout; C = W = 0 is the whole split."""
   header = " | ".join(col for col, _ in CQVAL_COLUMNS)
-  lines = [title, "", f"| C | W | #queries | {header} |", "|---|---|---|" + "---|" * len(CQVAL_COLUMNS)]
+  lines = [
+      title,
+      "",
+      f"| C | W | #queries | {header} |",
+      "|---|---|---|" + "---|" * len(CQVAL_COLUMNS),
+  ]
   for r in rows:
     values = " | ".join(_fmt(r[col]) for col, _ in CQVAL_COLUMNS)
-    lines.append(f"| {r['min_clauses']} | {r['min_words']} | {r['num_queries']} ({r['percent']:.1f}%) "
-                 f"| {values} |")
+    lines.append(
+        f"| {r['min_clauses']} | {r['min_words']} | {r['num_queries']} ({r['percent']:.1f}%) "
+        f"| {values} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -128,8 +155,10 @@ def _check_options(config, annotations, cqval: bool, split: str) -> None:
   """C-QVal needs ground truth and the QVHighlights metrics; say so before the model is restored."""
   unlabelled = sum(not a.has_labels for a in annotations)
   if cqval and unlabelled:
-    raise EvalError(f"--cqval needs a labelled split; '{split}' has {unlabelled} of {len(annotations)} "
-                    "queries without relevant_windows")
+    raise EvalError(
+        f"--cqval needs a labelled split; '{split}' has {unlabelled} of {len(annotations)} "
+        "queries without relevant_windows"
+    )
   if cqval and "qvhighlights" not in config.evals:
     raise EvalError(f"--cqval reports QVHighlights metrics; config.evals is {tuple(config.evals)}")
 
@@ -139,8 +168,9 @@ def _predict(config, workdir: str, checkpoint: str, split: str, cqval: bool):
   slow part (restoring, compiling, predicting)."""
   checkpointer = _open_checkpointer(config, workdir, checkpoint)
   try:
-    source = dataset.example_source(config.data, split, with_captions=config.model.use_caption_context,
-                                    training=False)
+    source = dataset.example_source(
+        config.data, split, with_captions=config.model.use_caption_context, training=False
+    )
     _check_options(config, source.annotations, cqval, split)
     nlp = cqval_lib.load_spacy() if cqval else None
     model = trainer.build_model(config)
@@ -148,14 +178,20 @@ def _predict(config, workdir: str, checkpoint: str, split: str, cqval: bool):
   finally:
     checkpointer.close()
   records = trainer.predict(train_step_lib.jit_predict_step(model), params, source, config)
-  assert len(records) == len(source.annotations), (
-      f"{len(records)} predictions for {len(source.annotations)} queries (eval is single-process)")
+  assert len(records) == len(
+      source.annotations
+  ), f"{len(records)} predictions for {len(source.annotations)} queries (eval is single-process)"
   return records, source, step, nlp
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint="best",
-                        split: str | None = None, cqval: bool = False,
-                        output_dir: str | None = None) -> dict:
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    checkpoint="best",
+    split: str | None = None,
+    cqval: bool = False,
+    output_dir: str | None = None,
+) -> dict:
   """Predicts ``split`` (default ``config.eval_split``) with ``checkpoint`` ('best', 'latest' or a step)
   of ``workdir``; writes and prints the results under ``output_dir`` (default
   ``{workdir}/eval/{split}_{checkpoint}``). Returns {split, checkpoint, step, num_queries, output_dir,
@@ -166,13 +202,23 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
   records, source, step, nlp = _predict(config, workdir, checkpoint, split, cqval)
   submission_path = os.path.join(output_dir, "submission.jsonl")
   submission_lib.write_submission(submission_path, records)
-  result = {"split": split, "checkpoint": checkpoint, "step": step, "num_queries": len(records),
-            "output_dir": output_dir, "submission": submission_path, "metrics": None, "cqval": None}
+  result = {
+      "split": split,
+      "checkpoint": checkpoint,
+      "step": step,
+      "num_queries": len(records),
+      "output_dir": output_dir,
+      "submission": submission_path,
+      "metrics": None,
+      "cqval": None,
+  }
   what = f"{split} ({len(records)} queries), checkpoint {checkpoint} (step {step})"
   unlabelled = sum(not a.has_labels for a in source.annotations)
   if unlabelled:
-    print(f"{what}: {unlabelled} queries without relevant_windows, so no metrics; wrote the submission "
-          f"only: {submission_path}")
+    print(
+        f"{what}: {unlabelled} queries without relevant_windows, so no metrics; wrote the submission "
+        f"only: {submission_path}"
+    )
     return result
 
   metrics = official_metrics(trainer.score(records, source, config.evals), config.evals)
@@ -183,9 +229,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     rows = cqval_rows(records, source.annotations, config.evals, nlp)
     table = format_cqval(rows, f"C-QVal of {what}: >= C subordinate clauses and >= W words")
     submission_lib.atomic_write_text(os.path.join(output_dir, "cqval.md"), table)
-    _write_json(os.path.join(output_dir, "cqval.json"),
-                {"split": split, "checkpoint": checkpoint, "step": step,
-                 "spacy_model": cqval_lib.DEFAULT_SPACY_MODEL, "rows": rows})
+    _write_json(
+        os.path.join(output_dir, "cqval.json"),
+        {
+            "split": split,
+            "checkpoint": checkpoint,
+            "step": step,
+            "spacy_model": cqval_lib.DEFAULT_SPACY_MODEL,
+            "rows": rows,
+        },
+    )
     print(table)
     result["cqval"] = rows
   print(f"wrote {output_dir}/")

@@ -20,7 +20,9 @@ import os
 import tempfile
 from typing import Sequence
 
-CLIP_LENGTH = 2  # seconds per QVHighlights clip; saliency arrays have int(duration / CLIP_LENGTH) entries
+CLIP_LENGTH = (
+    2  # seconds per QVHighlights clip; saliency arrays have int(duration / CLIP_LENGTH) entries
+)
 NUM_ANNOTATORS = 3
 
 
@@ -45,9 +47,13 @@ def _load_jsonl(path: str) -> tuple[list[dict], list[str]]:
         try:
           record = json.loads(line)
         except json.JSONDecodeError as e:
-          raise SubmissionError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+          raise SubmissionError(
+              f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"
+          ) from None
         if not isinstance(record, dict):
-          raise SubmissionError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+          raise SubmissionError(
+              f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
+          )
         records.append(record)
         where.append(f"{path}:{lineno}")
   except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
@@ -105,8 +111,10 @@ def _check_unique(qids: list[int], where: Sequence[str] | None, kind: str):
   first = {}
   for i, qid in enumerate(qids):
     if qid in first:
-      raise SubmissionError(f"{_where(where, kind, i)}: duplicate qid {qid} "
-                            f"(first at {_where(where, kind, first[qid])})")
+      raise SubmissionError(
+          f"{_where(where, kind, i)}: duplicate qid {qid} "
+          f"(first at {_where(where, kind, first[qid])})"
+      )
     first[qid] = i
 
 
@@ -114,7 +122,8 @@ def validate_submission(records: Sequence[dict], where: Sequence[str] | None = N
   """Raises SubmissionError unless every record has an int qid, 1+ windows [st <= ed, score] sorted by
   score (ties allowed), and either every or no record has finite pred_saliency_scores.
 
-  Sorting is required because the official R1 takes the first listed window and mAP the first ten."""
+  Sorting is required because the official R1 takes the first listed window and mAP the first ten.
+  """
   if not records:
     raise SubmissionError("empty submission: no records")
   with_saliency = "pred_saliency_scores" in records[0]
@@ -127,14 +136,20 @@ def validate_submission(records: Sequence[dict], where: Sequence[str] | None = N
     _check_windows(windows, 3, "pred_relevant_windows", loc)
     for k in range(1, len(windows)):
       if windows[k][2] > windows[k - 1][2]:
-        raise SubmissionError(f"{loc}: pred_relevant_windows not sorted by score (window {k} scores "
-                              f"{windows[k][2]} > {windows[k - 1][2]})")
+        raise SubmissionError(
+            f"{loc}: pred_relevant_windows not sorted by score (window {k} scores "
+            f"{windows[k][2]} > {windows[k - 1][2]})"
+        )
     if ("pred_saliency_scores" in record) != with_saliency:
-      raise SubmissionError(f"{loc}: pred_saliency_scores must be given for every query or for none")
+      raise SubmissionError(
+          f"{loc}: pred_saliency_scores must be given for every query or for none"
+      )
     if with_saliency:
       scores = record["pred_saliency_scores"]
       if not (isinstance(scores, list) and scores and all(_is_number(s) for s in scores)):
-        raise SubmissionError(f"{loc}: pred_saliency_scores must be a non-empty list of finite numbers")
+        raise SubmissionError(
+            f"{loc}: pred_saliency_scores must be a non-empty list of finite numbers"
+        )
     qids.append(qid)
   _check_unique(qids, where, "submission")
 
@@ -143,13 +158,19 @@ def _check_saliency(record: dict, loc: str):
   clip_ids, scores = record["relevant_clip_ids"], record["saliency_scores"]
   num_clips = int(record["duration"] / CLIP_LENGTH)
   if num_clips < 1:
-    raise SubmissionError(f"{loc}: duration {record['duration']} is shorter than one {CLIP_LENGTH} s clip")
+    raise SubmissionError(
+        f"{loc}: duration {record['duration']} is shorter than one {CLIP_LENGTH} s clip"
+    )
   if not (isinstance(clip_ids, list) and isinstance(scores, list) and len(clip_ids) == len(scores)):
-    raise SubmissionError(f"{loc}: relevant_clip_ids and saliency_scores must be lists of equal length")
+    raise SubmissionError(
+        f"{loc}: relevant_clip_ids and saliency_scores must be lists of equal length"
+    )
   for c in clip_ids:
     if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < num_clips:
-      raise SubmissionError(f"{loc}: relevant clip id {c!r} outside [0, {num_clips}) for duration "
-                            f"{record['duration']}")
+      raise SubmissionError(
+          f"{loc}: relevant clip id {c!r} outside [0, {num_clips}) for duration "
+          f"{record['duration']}"
+      )
   for s in scores:
     if not (isinstance(s, list) and len(s) == NUM_ANNOTATORS and all(_is_number(x) for x in s)):
       raise SubmissionError(f"{loc}: saliency score {s!r} must be {NUM_ANNOTATORS} numbers")
@@ -157,7 +178,8 @@ def _check_saliency(record: dict, loc: str):
 
 def validate_ground_truth(records: Sequence[dict], where: Sequence[str] | None = None):
   """Raises SubmissionError unless every record has an int qid, a positive duration, 1+ windows
-  [st <= ed] and, for all records or none, saliency aligned with relevant_clip_ids inside the video."""
+  [st <= ed] and, for all records or none, saliency aligned with relevant_clip_ids inside the video.
+  """
   if not records:
     raise SubmissionError("empty ground truth: no records")
   with_saliency = "saliency_scores" in records[0]
@@ -167,21 +189,27 @@ def validate_ground_truth(records: Sequence[dict], where: Sequence[str] | None =
     qid = _check_qid(record, loc)
     loc = f"{loc}: qid {qid}"
     if not _is_number(record.get("duration")) or record["duration"] <= 0:
-      raise SubmissionError(f"{loc}: 'duration' must be a positive number, got {record.get('duration')!r}")
+      raise SubmissionError(
+          f"{loc}: 'duration' must be a positive number, got {record.get('duration')!r}"
+      )
     if "relevant_windows" not in record:
       raise SubmissionError(f"{loc}: no relevant_windows (an unlabelled split cannot be evaluated)")
     _check_windows(record["relevant_windows"], 2, "relevant_windows", loc)
     has = ("saliency_scores" in record, "relevant_clip_ids" in record)
     if has != (with_saliency, with_saliency):
-      raise SubmissionError(f"{loc}: relevant_clip_ids and saliency_scores must be given for every query "
-                            f"or for none")
+      raise SubmissionError(
+          f"{loc}: relevant_clip_ids and saliency_scores must be given for every query "
+          f"or for none"
+      )
     if with_saliency:
       _check_saliency(record, loc)
     qids.append(qid)
   _check_unique(qids, where, "ground truth")
 
 
-def check_qids_match(submission: Sequence[dict], ground_truth: Sequence[dict], num_examples: int = 5):
+def check_qids_match(
+    submission: Sequence[dict], ground_truth: Sequence[dict], num_examples: int = 5
+):
   """The official evaluator asserts equal qid sets; this says how many differ and which."""
   pred, gt = {d["qid"] for d in submission}, {d["qid"] for d in ground_truth}
   if pred == gt:
@@ -189,7 +217,8 @@ def check_qids_match(submission: Sequence[dict], ground_truth: Sequence[dict], n
   missing, extra = sorted(gt - pred), sorted(pred - gt)
   raise SubmissionError(
       f"submission and ground truth qids differ: {len(missing)} missing from the submission "
-      f"(e.g. {missing[:num_examples]}), {len(extra)} not in the ground truth (e.g. {extra[:num_examples]})")
+      f"(e.g. {missing[:num_examples]}), {len(extra)} not in the ground truth (e.g. {extra[:num_examples]})"
+  )
 
 
 def atomic_write_text(path: str, text: str):

@@ -19,19 +19,27 @@ def _safe_mean(total, count):
   return total / jnp.maximum(count, 1.0)
 
 
-def matching_cost(pred_spans_BxKx2, pred_logits_BxKx2, windows_BxWx2,
-                  cfg: ml_collections.ConfigDict):
+def matching_cost(
+    pred_spans_BxKx2, pred_logits_BxKx2, windows_BxWx2, cfg: ml_collections.ConfigDict
+):
   """DETR matching cost per (prediction, window): weighted L1 (cxw) - gIoU - p(foreground)."""
   target_cxw = span_ops.se_to_cxw(windows_BxWx2)
   l1 = jnp.abs(pred_spans_BxKx2[:, :, None, :] - target_cxw[:, None, :, :]).sum(-1)
-  giou = jax.vmap(span_ops.pairwise_generalized_iou)(span_ops.cxw_to_se(pred_spans_BxKx2),
-                                                      windows_BxWx2)
+  giou = jax.vmap(span_ops.pairwise_generalized_iou)(
+      span_ops.cxw_to_se(pred_spans_BxKx2), windows_BxWx2
+  )
   prob_fg = jax.nn.softmax(pred_logits_BxKx2, axis=-1)[..., FOREGROUND]
   return cfg.span_l1 * l1 - cfg.span_giou * giou - cfg.label * prob_fg[:, :, None]
 
 
-def moment_losses(pred_spans_BxKx2, pred_logits_BxKx2, windows_BxWx2, window_mask_BxW,
-                  example_mask_B, cfg: ml_collections.ConfigDict) -> dict[str, jnp.ndarray]:
+def moment_losses(
+    pred_spans_BxKx2,
+    pred_logits_BxKx2,
+    windows_BxWx2,
+    window_mask_BxW,
+    example_mask_B,
+    cfg: ml_collections.ConfigDict,
+) -> dict[str, jnp.ndarray]:
   """Hungarian-matched L1 + gIoU on spans and weighted fg/bg cross-entropy, for one decoder layer."""
   cost = matching_cost(pred_spans_BxKx2, pred_logits_BxKx2, windows_BxWx2, cfg)
   pred_idx_BxW, valid_BxW = matcher.batched_match(cost, window_mask_BxW)
@@ -40,9 +48,9 @@ def moment_losses(pred_spans_BxKx2, pred_logits_BxKx2, windows_BxWx2, window_mas
   target_cxw = span_ops.se_to_cxw(windows_BxWx2)
   num_windows = valid_BxW.sum()
   l1_BxW = jnp.abs(matched_BxWx2 - target_cxw).mean(-1)
-  giou_BxW = jax.vmap(jax.vmap(
-      lambda a, b: span_ops.pairwise_generalized_iou(a[None], b[None])[0, 0]))(
-          span_ops.cxw_to_se(matched_BxWx2), windows_BxWx2)
+  giou_BxW = jax.vmap(
+      jax.vmap(lambda a, b: span_ops.pairwise_generalized_iou(a[None], b[None])[0, 0])
+  )(span_ops.cxw_to_se(matched_BxWx2), windows_BxWx2)
 
   num_queries = pred_logits_BxKx2.shape[1]
   is_fg_BxK = jnp.zeros(pred_idx_BxW.shape[:1] + (num_queries,), bool)
@@ -71,10 +79,18 @@ def saliency_hinge_loss(saliency_BxL, labels_BxL, video_mask_BxL, example_mask_B
   return _safe_mean((per_video * has_pairs).sum(), has_pairs.sum())
 
 
-def rank_contrastive_loss(saliency_BxL, saliency_neg_BxL, labels_BxL, video_mask_BxL,
-                          example_mask_B, temperature, num_levels: int = 12):
+def rank_contrastive_loss(
+    saliency_BxL,
+    saliency_neg_BxL,
+    labels_BxL,
+    video_mask_BxL,
+    example_mask_B,
+    temperature,
+    num_levels: int = 12,
+):
   """QD-DETR's rank-contrastive loss: for each level r, clips with label >= r are positives against
-  every other clip of the video and (when given) every clip of the video paired with another query."""
+  every other clip of the video and (when given) every clip of the video paired with another query.
+  """
   scores, labels, mask = saliency_BxL, labels_BxL, video_mask_BxL
   if saliency_neg_BxL is not None:
     scores = jnp.concatenate([scores, saliency_neg_BxL], axis=1)
@@ -104,28 +120,44 @@ def total_loss(outputs, batch, cfg: ml_collections.ConfigDict):
 
   Auxiliary decoder layers' terms are logged as "aux{layer}/{term}" and weighted like the last layer's.
   """
-  weights = {"span_l1": cfg.span_l1, "span_giou": cfg.span_giou, "label": cfg.label,
-             "saliency_hinge": cfg.saliency_hinge,
-             "saliency_rank_contrastive": cfg.saliency_rank_contrastive,
-             "saliency_inter_video": cfg.saliency_inter_video}
+  weights = {
+      "span_l1": cfg.span_l1,
+      "span_giou": cfg.span_giou,
+      "label": cfg.label,
+      "saliency_hinge": cfg.saliency_hinge,
+      "saliency_rank_contrastive": cfg.saliency_rank_contrastive,
+      "saliency_inter_video": cfg.saliency_inter_video,
+  }
   example_mask = batch["example_mask"]
   num_layers = outputs["pred_spans"].shape[0]
   loss, terms = 0.0, {}
   for layer in range(num_layers) if cfg.aux_layers else [num_layers - 1]:
-    layer_terms = moment_losses(outputs["pred_spans"][layer], outputs["pred_logits"][layer],
-                                batch["windows"], batch["window_mask"], example_mask, cfg)
+    layer_terms = moment_losses(
+        outputs["pred_spans"][layer],
+        outputs["pred_logits"][layer],
+        batch["windows"],
+        batch["window_mask"],
+        example_mask,
+        cfg,
+    )
     prefix = "" if layer == num_layers - 1 else f"aux{layer}/"
     for name, value in layer_terms.items():
       loss += weights[name] * value
       terms[prefix + name] = value
 
   video_mask = batch["video_mask"]
-  terms["saliency_hinge"] = saliency_hinge_loss(outputs["saliency"], batch["saliency"], video_mask,
-                                                example_mask, cfg.saliency_margin)
+  terms["saliency_hinge"] = saliency_hinge_loss(
+      outputs["saliency"], batch["saliency"], video_mask, example_mask, cfg.saliency_margin
+  )
   saliency_neg = outputs.get("saliency_neg")  # absent for a batch of one: no other query to pair
   terms["saliency_rank_contrastive"] = rank_contrastive_loss(
-      outputs["saliency"], saliency_neg, batch["saliency"], video_mask, example_mask,
-      cfg.rank_contrastive_temperature)
+      outputs["saliency"],
+      saliency_neg,
+      batch["saliency"],
+      video_mask,
+      example_mask,
+      cfg.rank_contrastive_temperature,
+  )
   if saliency_neg is not None:
     terms["saliency_inter_video"] = inter_video_loss(saliency_neg, video_mask, example_mask)
   for name in ("saliency_hinge", "saliency_rank_contrastive", "saliency_inter_video"):

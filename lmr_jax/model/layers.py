@@ -17,8 +17,23 @@ def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
   return codes
 
 
+def sine_embed_spans(spans_BxKx2: jnp.ndarray, dim: int) -> jnp.ndarray:
+  """Sine/cosine codes of (center, width) in [0, 1], dim/2 per coordinate (DAB-DETR's anchor code)."""
+  half = dim // 2
+  freqs = 10000.0 ** (2 * (jnp.arange(half) // 2) / half)
+  angles = spans_BxKx2[..., None] * 2 * jnp.pi / freqs  # (B, K, 2, half)
+  codes = jnp.where(jnp.arange(half) % 2 == 0, jnp.sin(angles), jnp.cos(angles))
+  return codes.reshape(spans_BxKx2.shape[:-1] + (2 * half,))
+
+
+def inverse_sigmoid(x: jnp.ndarray, eps: float = 1e-3) -> jnp.ndarray:
+  x = jnp.clip(x, eps, 1 - eps)
+  return jnp.log(x / (1 - x))
+
+
 class InputProjection(nn.Module):
   """Two LayerNorm -> Dropout -> Dense stages mapping one feature stream to the hidden width."""
+
   hidden_dim: int
   input_dropout: float
   dropout: float
@@ -49,6 +64,7 @@ class AttentionBlock(nn.Module):
 
   Position codes are added to queries and keys only, as in DETR, so values stay content-only.
   """
+
   num_heads: int
   ffn_dim: int
   dropout: float
@@ -57,8 +73,8 @@ class AttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BxQxD, kv_BxKxD, mask_BxQxK, *, train: bool, pos_q=0.0, pos_k=0.0):
     attn = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train)(
-            x_BxQxD + pos_q, kv_BxKxD + pos_k, kv_BxKxD, mask=mask_BxQxK[:, None])
+        num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train
+    )(x_BxQxD + pos_q, kv_BxKxD + pos_k, kv_BxKxD, mask=mask_BxQxK[:, None])
     x = nn.LayerNorm()(x_BxQxD + nn.Dropout(self.dropout, deterministic=not train)(attn))
     if not self.with_ffn:
       return x
@@ -68,8 +84,7 @@ class AttentionBlock(nn.Module):
 
 def attention_mask(q_mask_BxQ: jnp.ndarray, k_mask_BxK: jnp.ndarray) -> jnp.ndarray:
   """Keys are masked; padded query rows attend to everything (their outputs are never used)."""
-  return jnp.broadcast_to(k_mask_BxK[:, None, :],
-                          q_mask_BxQ.shape + k_mask_BxK.shape[-1:])
+  return jnp.broadcast_to(k_mask_BxK[:, None, :], q_mask_BxQ.shape + k_mask_BxK.shape[-1:])
 
 
 class MLP(nn.Module):

@@ -35,8 +35,12 @@ class CheckpointError(ValueError):
 
 def _manager(directory: str, keep: int, best_metric: str | None = None) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=False,
-      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode="max")
+      max_to_keep=keep,
+      create=True,
+      enable_async_checkpointing=False,
+      best_fn=(lambda m: m[best_metric]) if best_metric else None,
+      best_mode="max",
+  )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -49,8 +53,10 @@ def _key_name(key) -> str:
 
 def array_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
   """{"params/encoder_0/.../kernel": (shape, dtype)} of a state, abstract state or checkpoint metadata."""
-  return {"/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      "/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def check_fits(step_dir, abstract_state) -> None:
@@ -63,8 +69,9 @@ def check_fits(step_dir, abstract_state) -> None:
   try:
     saved = array_specs(ocp.StandardCheckpointHandler().metadata(path))
   except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300]})") from None
+    raise CheckpointError(
+        f"{path}: unreadable checkpoint ({type(e).__name__}: " f"{str(e).splitlines()[0][:300]})"
+    ) from None
   expected = array_specs(abstract_state)
   # Parameter names first in examples: the optimizer moments repeat them and say less.
   first = lambda names: min(names, key=lambda n: (not n.startswith("params/"), n))  # noqa: E731
@@ -73,15 +80,19 @@ def check_fits(step_dir, abstract_state) -> None:
   problems = []
   if differ:
     name = first(differ)
-    problems.append(f"{len(differ)} arrays differ (e.g. {name}: {saved[name][0]} {saved[name][1]} "
-                    f"saved, {expected[name][0]} {expected[name][1]} in this config)")
+    problems.append(
+        f"{len(differ)} arrays differ (e.g. {name}: {saved[name][0]} {saved[name][1]} "
+        f"saved, {expected[name][0]} {expected[name][1]} in this config)"
+    )
   if missing:
     problems.append(f"{len(missing)} arrays of this config are not saved (e.g. {first(missing)})")
   if extra:
     problems.append(f"{len(extra)} saved arrays are not in this config (e.g. {first(extra)})")
   if problems:
-    raise CheckpointError(f"{step_dir}: does not fit this config's model: {'; '.join(problems)}; "
-                          "use the config (and --config overrides) it was trained with")
+    raise CheckpointError(
+        f"{step_dir}: does not fit this config's model: {'; '.join(problems)}; "
+        "use the config (and --config overrides) it was trained with"
+    )
 
 
 class Checkpointer:
@@ -94,8 +105,9 @@ class Checkpointer:
   def save(self, state, position: DataPosition, metrics: dict | None = None) -> None:
     """Saves to the latest set and, when ``metrics`` is given, offers the step to the best set."""
     step = int(jax.device_get(state.step))
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=ocp.args.JsonSave(dataclasses.asdict(position)))
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dataclasses.asdict(position))
+    )
     if step not in self.latest.all_steps():
       self.latest.save(step, args=args)
     if metrics is not None:
@@ -114,8 +126,9 @@ class Checkpointer:
       step = int(which)
       manager = self.latest if step in self.latest.all_steps() else self.best
       if step not in manager.all_steps():
-        raise CheckpointError(f"no checkpoint at step {step} in {self.latest.directory} or "
-                              f"{self.best.directory}")
+        raise CheckpointError(
+            f"no checkpoint at step {step} in {self.latest.directory} or " f"{self.best.directory}"
+        )
     if step is None:
       raise CheckpointError(f"no '{which}' checkpoint in {manager.directory}")
     return manager, step
@@ -125,8 +138,12 @@ class Checkpointer:
     manager, step = self.resolve_step(which)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     check_fits(manager.directory / str(step), target)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+        ),
+    )
     logging.info("Restored %s/%d", manager.directory, step)
     return restored.state, DataPosition(**restored.data)
 

@@ -16,10 +16,15 @@ from lmr_jax.losses import losses
 
 SCHEDULES = {
     "constant": lambda optim, total_steps: optax.join_schedules(
-        [optax.linear_schedule(0.0, optim.learning_rate, max(optim.warmup_steps, 1)),
-         optax.constant_schedule(optim.learning_rate)], [optim.warmup_steps]),
+        [
+            optax.linear_schedule(0.0, optim.learning_rate, max(optim.warmup_steps, 1)),
+            optax.constant_schedule(optim.learning_rate),
+        ],
+        [optim.warmup_steps],
+    ),
     "cosine": lambda optim, total_steps: optax.warmup_cosine_decay_schedule(
-        0.0, optim.learning_rate, optim.warmup_steps, max(total_steps, optim.warmup_steps + 1)),
+        0.0, optim.learning_rate, optim.warmup_steps, max(total_steps, optim.warmup_steps + 1)
+    ),
 }
 
 
@@ -40,14 +45,22 @@ class TrainState:
   opt_state: Any
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       example_batch: dict) -> TrainState:
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, example_batch: dict
+) -> TrainState:
   params = jax.jit(functools.partial(model.init, train=False))(rng, example_batch)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
-               tx: optax.GradientTransformation, loss_cfg: ml_collections.ConfigDict):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss_cfg: ml_collections.ConfigDict,
+):
   """One optimisation step; ``rng`` is the run's key, folded with the step for dropout."""
   dropout_rng = jax.random.fold_in(rng, state.step)
 
@@ -73,8 +86,9 @@ def predict_step(params, batch: dict, *, model: nn.Module) -> dict:
 
 
 def jit_train_step(model, tx, loss_cfg):
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg),
-                 donate_argnums=(0,))
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg), donate_argnums=(0,)
+  )
 
 
 def jit_predict_step(model):

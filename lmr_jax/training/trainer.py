@@ -26,7 +26,6 @@ from lmr_jax.model.lmr import LMR
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import train_step as train_step_lib
 
-
 # config.evals names these; each maps (submission records, ground-truth records) to {"brief": ...}.
 EVALUATORS = {
     "qvhighlights": qvh_metrics.eval_submission,
@@ -57,8 +56,9 @@ def predict(predict_fn, params, source, config) -> list[dict]:
   """Submission records for every query of ``source`` (this process's share)."""
   annotations_by_qid = {a.qid: a for a in source.annotations}
   records = []
-  for batch in pipeline.eval_batches(source, config.eval_batch_size, jax.process_index(),
-                                     jax.process_count()):
+  for batch in pipeline.eval_batches(
+      source, config.eval_batch_size, jax.process_index(), jax.process_count()
+  ):
     outputs = jax.device_get(predict_fn(params, batch))
     records += predictions.to_submission_records(outputs, batch, annotations_by_qid)
   return records
@@ -68,7 +68,9 @@ def score(records: list[dict], source, evals) -> dict:
   """Runs each evaluator of ``evals`` on the records; their "brief" dicts are merged."""
   for name in evals:
     if name not in EVALUATORS:
-      raise ValueError(f"config.evals: unknown evaluator '{name}', choose from {sorted(EVALUATORS)}")
+      raise ValueError(
+          f"config.evals: unknown evaluator '{name}', choose from {sorted(EVALUATORS)}"
+      )
   ground_truth = [a.to_record() for a in source.annotations]
   metrics = {"brief": {}}
   for name in evals:
@@ -97,7 +99,8 @@ def _check_finite(history: list[tuple[int, dict]]) -> dict:
     if not np.isfinite(metrics["loss"]):
       raise NonFiniteLossError(
           f"loss became {metrics['loss']} at step {step}; training stopped, the last checkpoint "
-          "before it is kept")
+          "before it is kept"
+      )
   return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
 
 
@@ -107,10 +110,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.data.generate_synthetic:
     dataset.ensure_synthetic(config.data)
   with_captions = config.model.use_caption_context
-  train_source = dataset.example_source(config.data, "train", with_captions=with_captions,
-                                        training=True)
-  eval_source = dataset.example_source(config.data, config.eval_split,
-                                       with_captions=with_captions, training=False)
+  train_source = dataset.example_source(
+      config.data, "train", with_captions=with_captions, training=True
+  )
+  eval_source = dataset.example_source(
+      config.data, config.eval_split, with_captions=with_captions, training=False
+  )
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
 
@@ -122,17 +127,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if checkpointer.latest.latest_step() is not None:
     state, position = checkpointer.restore("latest", state)
   step = int(state.step)
-  logging.info("Training %d steps (%d per epoch) from step %d, %d train / %d %s queries",
-               total_steps, steps_per_epoch, step, len(train_source), len(eval_source),
-               config.eval_split)
+  logging.info(
+      "Training %d steps (%d per epoch) from step %d, %d train / %d %s queries",
+      total_steps,
+      steps_per_epoch,
+      step,
+      len(train_source),
+      len(eval_source),
+      config.eval_split,
+  )
 
   train_step = train_step_lib.jit_train_step(model, tx, config.loss)
   predict_fn = train_step_lib.jit_predict_step(model)
   rng = jax.random.key(config.seed + 1)
   log = _Log(workdir)
   history, metrics, start_time = [], {}, time.time()
-  batches = pipeline.train_batches(train_source, config.batch_size, config.seed, position,
-                                   jax.process_index(), jax.process_count())
+  batches = pipeline.train_batches(
+      train_source,
+      config.batch_size,
+      config.seed,
+      position,
+      jax.process_index(),
+      jax.process_count(),
+  )
   try:
     while step < total_steps:
       position, batch = next(batches)
@@ -140,27 +157,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step += 1
       history.append((step, step_metrics))
       epoch_done = position.step == steps_per_epoch - 1
-      next_position = (pipeline.DataPosition(position.epoch + 1, 0) if epoch_done
-                       else pipeline.DataPosition(position.epoch, position.step + 1))
+      next_position = (
+          pipeline.DataPosition(position.epoch + 1, 0)
+          if epoch_done
+          else pipeline.DataPosition(position.epoch, position.step + 1)
+      )
       eval_now = (epoch_done and (position.epoch + 1) % config.eval_every_epochs == 0) or (
-          step == total_steps)
+          step == total_steps
+      )
       save_now = step % config.checkpoint_every_steps == 0 or eval_now
       if step % config.log_every_steps == 0 or save_now:
         train_means = _check_finite(history)
         history = []
-        log.write(step=step, epoch=position.epoch, lr=float(schedule(step)),
-                  steps_per_sec=step / max(time.time() - start_time, 1e-9),
-                  **{f"train/{k}": v for k, v in train_means.items()})
+        log.write(
+            step=step,
+            epoch=position.epoch,
+            lr=float(schedule(step)),
+            steps_per_sec=step / max(time.time() - start_time, 1e-9),
+            **{f"train/{k}": v for k, v in train_means.items()},
+        )
         logging.info("step %d epoch %d loss %.4f", step, position.epoch, train_means["loss"])
       if eval_now:
         records = predict(predict_fn, state.params, eval_source, config)
         metrics = score(records, eval_source, config.evals)
-        log.write(step=step, epoch=position.epoch + 1,
-                  **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()})
+        log.write(
+            step=step,
+            epoch=position.epoch + 1,
+            **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()},
+        )
         logging.info("step %d %s: %s", step, config.eval_split, metrics["brief"])
       if save_now:
-        checkpointer.save(state, next_position,
-                          metrics=metrics["brief"] if eval_now else None)
+        checkpointer.save(state, next_position, metrics=metrics["brief"] if eval_now else None)
   finally:
     checkpointer.close()
   return metrics
