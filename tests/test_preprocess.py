@@ -467,6 +467,7 @@ def test_outputs_load_with_the_jax_side_readers(ckpt, videos, annotations, tmp_p
       caption_query_feat_dir="caption_query_features",
       caption_dim=16,
       clip_len=2.0,
+      caption_clip_len=2.0,
       max_clips=75,
       max_query_tokens=32,
   )
