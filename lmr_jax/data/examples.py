@@ -23,6 +23,17 @@ def clip_windows(ann: QueryAnnotation, num_clips: int, clip_len: float) -> tuple
   return windows, duration
 
 
+def log_truncation(num_queries: int, max_clips: int) -> None:
+  """The documented policy for long videos, said once per split."""
+  if num_queries:
+    logging.warning(
+        "%d queries have videos longer than max_clips=%d: truncated to the first %d clips",
+        num_queries,
+        max_clips,
+        max_clips,
+    )
+
+
 def _pad(x: np.ndarray, length: int) -> np.ndarray:
   out = np.zeros((length,) + x.shape[1:], dtype=x.dtype)
   out[: x.shape[0]] = x
@@ -71,13 +82,7 @@ class ExampleSource:
         dropped += 1
         continue
       self.annotations.append(ann)
-    if truncated:
-      logging.warning(
-          "%d queries have videos longer than max_clips=%d: truncated to the first %d " "clips",
-          truncated,
-          spec.max_clips,
-          spec.max_clips,
-      )
+    log_truncation(truncated, spec.max_clips)
     if dropped:
       logging.warning(
           "%d training queries dropped: no labelled window (or none left after "

@@ -42,7 +42,7 @@ from lmr_jax.data import annotations as annotations_lib  # noqa: E402
 from lmr_jax.data import dataset  # noqa: E402
 from lmr_jax.data import features as features_lib  # noqa: E402
 from lmr_jax.data.annotations import DataError, QueryAnnotation  # noqa: E402
-from lmr_jax.data.examples import ExampleSource, clip_windows  # noqa: E402
+from lmr_jax.data.examples import ExampleSource, clip_windows, log_truncation  # noqa: E402
 
 NAME = "lmr_packed"
 VERSION = "1.0.0"
@@ -258,13 +258,7 @@ class PackedExampleSource(ExampleSource):
     self._num_clips_on_disk = {a.vid: q["num_clips_on_disk"] for a, q in zip(packed, queries)}
     kept = _training_queries(packed, queries, spec) if training else packed
     truncated = sum(q["num_clips_on_disk"] > spec.max_clips for q in queries)
-    if truncated:
-      logging.warning(
-          "%d queries have videos longer than max_clips=%d: truncated to the first %d " "clips",
-          truncated,
-          spec.max_clips,
-          spec.max_clips,
-      )
+    log_truncation(truncated, spec.max_clips)
     # With preload=False the base reads nothing; its own drop check (against max_clips) keeps all
     # of ``kept``, which was filtered with the exact clip counts.
     super().__init__(
