@@ -52,7 +52,9 @@ class LMR(nn.Module):
     self.video_proj = proj()
     self.query_proj = proj()
     self.caption_proj = proj()
-    self.caption_query_proj = proj()
+    # Caption vectors and the query's caption-encoder tokens live in one space (the same frozen LLM
+    # embedding table), so one projection serves both and keeps their similarities comparable.
+    self.caption_query_proj = self.caption_proj
     vqf = lambda: VideoQueryFusion(cfg.num_heads, cfg.ffn_dim, cfg.dropout)  # noqa: E731
     self.visual_vqf = vqf()
     # Weight sharing (paper's WS): the caption stream reuses the visual VQF module itself.
@@ -116,8 +118,9 @@ class LMR(nn.Module):
     for block in self.encoder:
       x = block(x, x, attn_mask, train=train, pos_q=positions, pos_k=positions)
     sal_token, memory = x[:, 0], x[:, 1:]
-    # Saliency over the first stream's clip tokens (the visual ones, or captions in w/o VFE).
-    clips = memory[:, :num_clips]
+    # A clip's token for saliency sums its streams' tokens (visual and caption), so the clip's
+    # caption speaks for it directly, not only through attention.
+    clips = sum(memory[:, i * num_clips:(i + 1) * num_clips] for i in range(len(tokens)))
     saliency = jnp.einsum(
         "bd,bld->bl", self.saliency_query_proj(sal_token), self.saliency_clip_proj(clips)
     ) / jnp.sqrt(cfg.hidden_dim)
