@@ -8,7 +8,6 @@ import pytest
 from conftest import tiny_config
 from lmr_jax.data import dataset
 from lmr_jax.model.lmr import LMR
-from lmr_jax.training import trainer
 
 
 @pytest.fixture(scope="module")

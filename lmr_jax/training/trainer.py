@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
