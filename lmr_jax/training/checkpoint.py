@@ -8,10 +8,12 @@ and ``data`` (the DataPosition of the next batch, as JSON).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
@@ -31,6 +33,41 @@ def quiet_orbax_logs() -> None:
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot serve this run (missing, or made with another config)."""
+
+
+CONFIG_FILE = "config.json"
+
+
+def _tuples(value):
+  """JSON lists back to the tuples the configs use (ConfigDict fields keep their first type)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes ``{workdir}/config.json`` (process 0, atomically), so predict.py needs only the workdir."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The locked config a workdir was trained with (``save_config``'s file)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except FileNotFoundError:
+    raise CheckpointError(f"{path}: no such file; was {workdir} written by train.py?") from None
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+  return ml_collections.ConfigDict(_tuples(values)).lock()
 
 
 def _manager(directory: str, keep: int, best_metric: str | None = None) -> ocp.CheckpointManager:

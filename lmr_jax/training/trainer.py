@@ -105,6 +105,7 @@ def _check_finite(history: list[tuple[int, dict]]) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final metrics."""
   os.makedirs(workdir, exist_ok=True)
+  checkpoint_lib.save_config(config, workdir)
   if config.data.generate_synthetic:
     dataset.ensure_synthetic(config.data)
   with_captions = config.model.use_caption_context
