@@ -3,7 +3,9 @@ r"""Trains LMR: a thin absl entry point around ``lmr_jax.training.trainer.train_
   python train.py --config=configs/synthetic.py --workdir=workdir/synthetic
   python train.py --config=configs/qvh.py --workdir=workdir/qvh --config.batch_size=16
 
-Rerunning the same command in the same workdir resumes from its latest checkpoint.
+Rerunning the same command in the same workdir resumes from its latest checkpoint; SIGTERM or Ctrl-C
+saves a checkpoint after the current step and exits. On a cluster, run the same command on every host
+with --config.distributed=True (README, "Scale-out").
 """
 
 import os
@@ -13,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lmr_jax.training import checkpoint, trainer  # noqa: E402
+from lmr_jax.training import checkpoint, parallel, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
@@ -25,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  parallel.initialize_distributed(_CONFIG.value)
   checkpoint.quiet_orbax_logs()
   logging.info("Config:\n%s", _CONFIG.value)
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -67,7 +67,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 0
   config.optim.schedule = "constant"  # or "cosine"
 
-  config.batch_size = 32
+  # Data parallelism (lmr_jax/training/parallel.py): the batch is split over a 1-D "data" mesh.
+  config.num_devices = 0  # 0: every device of every process; N: the first N (single process)
+  config.fsdp = False  # True: shard params and optimizer state over the mesh instead of replicating
+  config.distributed = False  # True: jax.distributed.initialize() first (multi-host; see README)
+
+  config.batch_size = 32  # global: split over processes and devices
   config.num_epochs = 200
   config.eval_batch_size = 64
   config.eval_every_epochs = 5

@@ -13,6 +13,9 @@ import pytest  # noqa: E402
 
 from lmr_jax.data import synthetic  # noqa: E402
 
+# Four CPU devices for the whole session: the tiny config (num_devices 0 = all) trains data-parallel
+# in every test, and tests/test_parallel.py compares it with one device.
+jax.config.update("jax_num_cpu_devices", 4)
 # Every train_and_evaluate call jits its step anew; the persistent cache turns the repeats into loads.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="lmr_test_jax_cache_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

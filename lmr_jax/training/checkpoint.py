@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 
 from lmr_jax.data.pipeline import DataPosition
 
@@ -33,6 +34,17 @@ def quiet_orbax_logs() -> None:
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot serve this run (missing, or made with another config)."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+  """A step directory that cannot be read back: half-written, truncated or otherwise damaged."""
+
+
+def _unreadable(step_dir, error: Exception) -> UnreadableCheckpointError:
+  reason = (str(error).splitlines() or [""])[0][:300]
+  return UnreadableCheckpointError(
+      f"{step_dir}: unreadable checkpoint ({type(error).__name__}: {reason})"
+  )
 
 
 CONFIG_FILE = "config.json"
@@ -105,10 +117,8 @@ def check_fits(step_dir, abstract_state) -> None:
   path = step_dir / "state"
   try:
     saved = array_specs(ocp.StandardCheckpointHandler().metadata(path))
-  except (OSError, ValueError) as e:
-    raise CheckpointError(
-        f"{path}: unreadable checkpoint ({type(e).__name__}: " f"{str(e).splitlines()[0][:300]})"
-    ) from None
+  except Exception as e:  # noqa: BLE001 - whatever the damage, the step cannot be used
+    raise _unreadable(step_dir, e) from None
   expected = array_specs(abstract_state)
   # Parameter names first in examples: the optimizer moments repeat them and say less.
   first = lambda names: min(names, key=lambda n: (not n.startswith("params/"), n))  # noqa: E731
@@ -130,6 +140,19 @@ def check_fits(step_dir, abstract_state) -> None:
         f"{step_dir}: does not fit this config's model: {'; '.join(problems)}; "
         "use the config (and --config overrides) it was trained with"
     )
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  """Renames an unreadable step so no manager lists it again; its files stay for inspection."""
+  step_dir = manager.directory / str(step)
+  if jax.process_index() == 0:
+    try:
+      os.replace(step_dir, f"{step_dir}.unreadable")
+    except OSError as e:
+      logging.warning("could not set %s aside (%s); it is skipped this time only", step_dir, e)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"set aside {step_dir}")
+  manager.reload()
 
 
 class Checkpointer:
@@ -171,18 +194,39 @@ class Checkpointer:
     return manager, step
 
   def restore(self, which: str, abstract_state):
-    """Restores (state, DataPosition); a shape or structure mismatch is a CheckpointError."""
+    """Restores (state, DataPosition) into ``abstract_state``'s shapes and shardings.
+
+    A shape or structure mismatch is a CheckpointError. For 'latest', an unreadable step (e.g. a kill
+    during a copy) is set aside as ``{step}.unreadable`` with a warning and the step before it is
+    tried; a named step or 'best' that cannot be read is an UnreadableCheckpointError.
+    """
     manager, step = self.resolve_step(which)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    check_fits(manager.directory / str(step), target)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
-        ),
-    )
-    logging.info("Restored %s/%d", manager.directory, step)
-    return restored.state, DataPosition(**restored.data)
+    if str(which) != "latest":
+      return self._restore_step(manager, step, target)
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return self._restore_step(manager, step, target)
+      except UnreadableCheckpointError as e:
+        logging.warning("%s; skipping it, trying the checkpoint before it", e)
+        _set_aside(manager, step)
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}")
+
+  def _restore_step(self, manager: ocp.CheckpointManager, step: int, target):
+    step_dir = manager.directory / str(step)
+    check_fits(step_dir, target)
+    try:
+      restored = manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+          ),
+      )
+      position = DataPosition(**restored.data)
+    except Exception as e:  # noqa: BLE001 - metadata fitted, so the array or JSON data is damaged
+      raise _unreadable(step_dir, e) from None
+    logging.info("Restored %s", step_dir)
+    return restored.state, position
 
   def close(self) -> None:
     self.latest.close()

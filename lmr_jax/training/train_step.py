@@ -13,6 +13,7 @@ import optax
 from flax import struct
 
 from lmr_jax.losses import losses
+from lmr_jax.training import parallel
 
 SCHEDULES = {
     "constant": lambda optim, total_steps: optax.join_schedules(
@@ -85,11 +86,25 @@ def predict_step(params, batch: dict, *, model: nn.Module) -> dict:
   }
 
 
-def jit_train_step(model, tx, loss_cfg):
+def jit_train_step(model, tx, loss_cfg, mesh=None, state_shardings=None):
+  """The step, jitted; with a ``mesh``, the batch is split over it and the state laid out as
+  ``state_shardings`` (the train state's buffers are donated either way)."""
+  step = functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg)
+  if mesh is None:
+    return jax.jit(step, donate_argnums=(0,))
+  replicated = parallel.replicated(mesh)
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg), donate_argnums=(0,)
+      step,
+      in_shardings=(state_shardings, parallel.batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
   )
 
 
-def jit_predict_step(model):
-  return jax.jit(functools.partial(predict_step, model=model))
+def jit_predict_step(model, mesh=None, param_shardings=None):
+  """``predict_step``, jitted; with a ``mesh``, batch rows in and out are split over it."""
+  predict = functools.partial(predict_step, model=model)
+  if mesh is None:
+    return jax.jit(predict)
+  rows = parallel.batch_sharding(mesh)
+  return jax.jit(predict, in_shardings=(param_shardings, rows), out_shardings=rows)

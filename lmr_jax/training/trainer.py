@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -22,6 +24,7 @@ from lmr_jax.evaluation import predictions
 from lmr_jax.evaluation import qvh_metrics
 from lmr_jax.model.lmr import LMR
 from lmr_jax.training import checkpoint as checkpoint_lib
+from lmr_jax.training import parallel
 from lmr_jax.training import train_step as train_step_lib
 
 # config.evals names these; each maps (submission records, ground-truth records) to {"brief": ...}.
@@ -44,21 +47,32 @@ def init_state(config, model, tx, example_batch):
   return train_step_lib.create_train_state(model, tx, jax.random.key(config.seed), example_batch)
 
 
+def sharded_state_layout(config, model, tx, mesh, example_batch):
+  """(abstract train state carrying its shardings, the shardings) for ``config`` on ``mesh``."""
+  abstract = jax.eval_shape(lambda: init_state(config, model, tx, example_batch))
+  shardings = parallel.state_shardings(mesh, abstract, config.fsdp)
+  return parallel.with_shardings(abstract, shardings), shardings
+
+
 def example_batch(source, batch_size: int) -> dict:
   """A batch of the right shapes for initialisation (values do not matter)."""
   first = source.example(0)
   return {k: np.stack([v] * batch_size) for k, v in first.items()}
 
 
-def predict(predict_fn, params, source, config) -> list[dict]:
-  """Submission records for every query of ``source`` (this process's share)."""
+def predict(predict_fn, params, source, config, mesh) -> list[dict]:
+  """Submission records for every query of ``source`` (each process predicts its share of the rows;
+  every process gets all records)."""
   annotations_by_qid = {a.qid: a for a in source.annotations}
+  rows = parallel.batch_sharding(mesh)
   records = []
   for batch in pipeline.eval_batches(
       source, config.eval_batch_size, jax.process_index(), jax.process_count()
   ):
-    outputs = jax.device_get(predict_fn(params, batch))
-    records += predictions.to_submission_records(outputs, batch, annotations_by_qid)
+    outputs = parallel.to_host(predict_fn(params, parallel.global_batch(rows, batch)))
+    records += predictions.to_submission_records(
+        outputs, parallel.to_host(batch), annotations_by_qid
+    )
   return records
 
 
@@ -102,8 +116,47 @@ def _check_finite(history: list[tuple[int, dict]]) -> dict:
   return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
 
 
+class _StopOnSignal:
+  """SIGTERM/SIGINT (a scheduler's preemption, Ctrl-C) ask the loop to checkpoint and return.
+
+  The handlers only set a flag, so a step or a checkpoint write in progress finishes first; they
+  also put the previous handlers back, so a second Ctrl-C interrupts at once.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal_name = signal.Signals(signum).name
+    self._restore_handlers()
+
+  def requested(self) -> bool:
+    return parallel.all_processes_agree(self.signal_name is not None)
+
+  def _restore_handlers(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore_handlers()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final metrics."""
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the last metrics.
+
+  On SIGTERM/SIGINT it saves a checkpoint after the current step and returns early; the same call
+  (or command) then resumes exactly there.
+  """
   os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.save_config(config, workdir)
   if config.data.generate_synthetic:
@@ -118,27 +171,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
 
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(mesh, "batch_size", config.batch_size)
+  parallel.check_batch_size(mesh, "eval_batch_size", config.eval_batch_size)
   model = build_model(config)
   tx, schedule = train_step_lib.make_optimizer(config.optim, total_steps)
-  state = init_state(config, model, tx, example_batch(train_source, config.batch_size))
+  local_batch = example_batch(train_source, config.batch_size // jax.process_count())
+  abstract_state, state_shardings = sharded_state_layout(config, model, tx, mesh, local_batch)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   position = pipeline.DataPosition()
   if checkpointer.latest.latest_step() is not None:
-    state, position = checkpointer.restore("latest", state)
+    state, position = checkpointer.restore("latest", abstract_state)
+  else:
+    state = jax.jit(
+        lambda: init_state(config, model, tx, local_batch), out_shardings=state_shardings
+    )()
   step = int(state.step)
   logging.info(
-      "Training %d steps (%d per epoch) from step %d, %d train / %d %s queries",
+      "Training %d steps (%d per epoch) from step %d on %d devices (%d processes), "
+      "%d train / %d %s queries",
       total_steps,
       steps_per_epoch,
       step,
+      mesh.size,
+      jax.process_count(),
       len(train_source),
       len(eval_source),
       config.eval_split,
   )
 
-  train_step = train_step_lib.jit_train_step(model, tx, config.loss)
-  predict_fn = train_step_lib.jit_predict_step(model)
-  rng = jax.random.key(config.seed + 1)
+  train_step = train_step_lib.jit_train_step(model, tx, config.loss, mesh, state_shardings)
+  predict_fn = train_step_lib.jit_predict_step(model, mesh, state_shardings.params)
+  rng = jax.device_put(jax.random.key(config.seed + 1), parallel.replicated(mesh))
+  rows = parallel.batch_sharding(mesh)
   log = _Log(workdir)
   history, metrics, start_time = [], {}, time.time()
   batches = pipeline.train_batches(
@@ -149,44 +214,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       jax.process_index(),
       jax.process_count(),
   )
-  try:
-    while step < total_steps:
-      position, batch = next(batches)
-      state, step_metrics = train_step(state, batch, rng)
-      step += 1
-      history.append((step, step_metrics))
-      epoch_done = position.step == steps_per_epoch - 1
-      next_position = (
-          pipeline.DataPosition(position.epoch + 1, 0)
-          if epoch_done
-          else pipeline.DataPosition(position.epoch, position.step + 1)
-      )
-      eval_now = (epoch_done and (position.epoch + 1) % config.eval_every_epochs == 0) or (
-          step == total_steps
-      )
-      save_now = step % config.checkpoint_every_steps == 0 or eval_now
-      if step % config.log_every_steps == 0 or save_now:
-        train_means = _check_finite(history)
-        history = []
-        log.write(
-            step=step,
-            epoch=position.epoch,
-            lr=float(schedule(step)),
-            steps_per_sec=step / max(time.time() - start_time, 1e-9),
-            **{f"train/{k}": v for k, v in train_means.items()},
+  with _StopOnSignal() as stop:
+    try:
+      while step < total_steps:
+        position, batch = next(batches)
+        state, step_metrics = train_step(state, parallel.global_batch(rows, batch), rng)
+        step += 1
+        history.append((step, step_metrics))
+        epoch_done = position.step == steps_per_epoch - 1
+        next_position = (
+            pipeline.DataPosition(position.epoch + 1, 0)
+            if epoch_done
+            else pipeline.DataPosition(position.epoch, position.step + 1)
         )
-        logging.info("step %d epoch %d loss %.4f", step, position.epoch, train_means["loss"])
-      if eval_now:
-        records = predict(predict_fn, state.params, eval_source, config)
-        metrics = score(records, eval_source, config.evals)
-        log.write(
-            step=step,
-            epoch=position.epoch + 1,
-            **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()},
+        eval_now = (epoch_done and (position.epoch + 1) % config.eval_every_epochs == 0) or (
+            step == total_steps
         )
-        logging.info("step %d %s: %s", step, config.eval_split, metrics["brief"])
-      if save_now:
-        checkpointer.save(state, next_position, metrics=metrics["brief"] if eval_now else None)
-  finally:
-    checkpointer.close()
+        stop_now = stop.requested()
+        save_now = step % config.checkpoint_every_steps == 0 or eval_now or stop_now
+        if step % config.log_every_steps == 0 or save_now:
+          train_means = _check_finite(history)
+          history = []
+          log.write(
+              step=step,
+              epoch=position.epoch,
+              lr=float(schedule(step)),
+              steps_per_sec=step / max(time.time() - start_time, 1e-9),
+              **{f"train/{k}": v for k, v in train_means.items()},
+          )
+          logging.info("step %d epoch %d loss %.4f", step, position.epoch, train_means["loss"])
+        if eval_now:
+          records = predict(predict_fn, state.params, eval_source, config, mesh)
+          metrics = score(records, eval_source, config.evals)
+          log.write(
+              step=step,
+              epoch=position.epoch + 1,
+              **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()},
+          )
+          logging.info("step %d %s: %s", step, config.eval_split, metrics["brief"])
+        if save_now:
+          checkpointer.save(state, next_position, metrics=metrics["brief"] if eval_now else None)
+        if stop_now:
+          logging.warning(
+              "%s: saved step %d in %s and stopped; the same command resumes from it",
+              stop.signal_name or "signal on another process",
+              step,
+              checkpointer.latest.directory,
+          )
+          break
+    finally:
+      checkpointer.close()
   return metrics

@@ -1,0 +1,229 @@
+"""Faults: kill -9 at random points and SIGTERM, then the same command, end bit-identical to a run never
+interrupted; unreadable checkpoints are skipped with a warning, never loaded."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from lmr_jax.data import dataset, pipeline
+from lmr_jax.training import checkpoint as checkpoint_lib
+from lmr_jax.training import parallel
+from lmr_jax.training import train_step as train_step_lib
+from lmr_jax.training import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fault_config(root):
+  config = tiny_config(root)
+  config.num_epochs = 4
+  config.checkpoint_every_steps = 2
+  config.log_every_steps = 1
+  return config
+
+
+def _command(root, workdir):
+  """train.py on ``_fault_config`` (the same settings as command-line overrides)."""
+  config = _fault_config(root)
+  overrides = [f"--config.data.feat_root={config.data.feat_root}"] + [
+      f"--config.data.annotation_files.{split}={path}"
+      for split, path in config.data.annotation_files.items()
+  ]
+  overrides += [
+      f"--config.{key}={config[key]}"
+      for key in ("num_epochs", "checkpoint_every_steps", "log_every_steps")
+  ]
+  return [
+      sys.executable,
+      "train.py",
+      "--config=configs/tiny.py",
+      f"--workdir={workdir}",
+  ] + overrides
+
+
+def _environment():
+  """The child sees this session's 4 CPU devices and compile cache, so it runs the same executables."""
+  return dict(
+      os.environ,
+      JAX_NUM_CPU_DEVICES="4",
+      JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      TF_CPP_MIN_LOG_LEVEL="3",
+  )
+
+
+def _start(root, workdir, log_path):
+  log = open(log_path, "w")
+  process = subprocess.Popen(
+      _command(root, workdir), cwd=REPO, env=_environment(), stdout=log, stderr=subprocess.STDOUT
+  )
+  return process, log
+
+
+def _wait_for(predicate, process, timeout=240.0):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert process.poll() is None, "training exited before the fault was injected"
+    assert time.time() < deadline, "timed out waiting for the training process"
+    time.sleep(0.005)
+
+
+def _training_started(log_path):
+  with open(log_path) as f:
+    return "] step " in f.read()  # the first logged step
+
+
+def _checkpoint_in_flight(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any("tmp" in name for name in os.listdir(directory))
+
+
+def _restore(config, workdir, which="latest"):
+  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
+  model = trainer.build_model(config)
+  tx, _ = train_step_lib.make_optimizer(config.optim, 1)
+  abstract, _ = trainer.sharded_state_layout(
+      config,
+      model,
+      tx,
+      parallel.make_mesh(config.num_devices),
+      trainer.example_batch(source, config.batch_size),
+  )
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+  try:
+    return checkpointer.restore(which, abstract)
+  finally:
+    checkpointer.close()
+
+
+def _last_losses(workdir):
+  """{step: train loss} of the metrics log, the last record of a step winning (steps re-run after a
+  kill are logged again)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data_root, tmp_path_factory):
+  config = _fault_config(tiny_data_root)
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  trainer.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_kill_and_sigterm_then_resume_match_an_uninterrupted_run(
+    uninterrupted, tiny_data_root, tmp_path
+):
+  config, reference_dir = uninterrupted
+  workdir = str(tmp_path / "faulty")
+  rng = random.Random(0)
+  faults = [
+      ("SIGKILL during a step", signal.SIGKILL, lambda: _training_started(log_path)),
+      ("SIGKILL during a checkpoint write", signal.SIGKILL, lambda: _checkpoint_in_flight(workdir)),
+      ("SIGTERM", signal.SIGTERM, lambda: _training_started(log_path)),
+  ]
+  for i, (name, sig, ready) in enumerate(faults):
+    log_path = str(tmp_path / f"run{i}.log")
+    process, log = _start(tiny_data_root, workdir, log_path)
+    try:
+      _wait_for(ready, process)
+      if sig == signal.SIGKILL and "step" in name:
+        time.sleep(rng.uniform(0.0, 1.0))
+      process.send_signal(sig)
+      returncode = process.wait(timeout=120)
+    finally:
+      process.kill()
+      log.close()
+    with open(log_path) as f:
+      output = f.read()
+    if sig == signal.SIGTERM:
+      assert returncode == 0, output[-3000:]
+      assert "SIGTERM: saved step" in output, output[-3000:]
+    else:
+      assert returncode == -signal.SIGKILL, f"{name}: {output[-3000:]}"
+
+  log_path = str(tmp_path / "final.log")
+  process, log = _start(tiny_data_root, workdir, log_path)
+  try:
+    assert process.wait(timeout=300) == 0, open(log_path).read()[-3000:]
+  finally:
+    log.close()
+
+  state_ref, position_ref = _restore(config, reference_dir)
+  state, position = _restore(config, workdir)
+  assert position == position_ref and int(state.step) == int(state_ref.step)
+  for a, b in zip(jax.tree.leaves(state_ref), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _last_losses(workdir) == _last_losses(reference_dir)
+
+
+def _damage_metadata(step_dir):
+  with open(os.path.join(step_dir, "state", "_METADATA"), "w") as f:
+    f.write('{"tree_metadata": ')
+
+
+def _truncate_arrays(step_dir):
+  """Cuts every array data file of the step in half, as a copy killed midway leaves it."""
+  data_files = [
+      os.path.join(d, name)
+      for d, _, names in os.walk(os.path.join(step_dir, "state"))
+      for name in names
+      if os.sep + "d" in d
+  ]
+  assert data_files
+  for path in data_files:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", [_damage_metadata, _truncate_arrays])
+def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
+    uninterrupted, tmp_path, damage, caplog
+):
+  config, reference_dir = uninterrupted
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(reference_dir, workdir)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit())
+  damage(os.path.join(checkpoints, str(steps[-1])))
+  # A half-written save that orbax never finalised is not a step at all.
+  os.makedirs(os.path.join(checkpoints, f"{steps[-1] + 1}.orbax-checkpoint-tmp-1"))
+
+  with caplog.at_level("WARNING"):
+    state, position = _restore(config, workdir)
+  assert int(state.step) == steps[-2]
+  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
+  steps_per_epoch = pipeline.steps_per_epoch(len(source), config.batch_size)
+  assert position == pipeline.DataPosition(*divmod(steps[-2], steps_per_epoch))
+  assert any(
+      "unreadable checkpoint" in r.getMessage() and f"{os.sep}{steps[-1]}" in r.getMessage()
+      for r in caplog.records
+  )
+  assert os.path.isdir(os.path.join(checkpoints, f"{steps[-1]}.unreadable"))
+
+  # Training resumes from the readable step and writes the skipped step anew.
+  trainer.train_and_evaluate(config, workdir)
+  state, _ = _restore(config, workdir)
+  reference_state, _ = _restore(config, reference_dir)
+  for a, b in zip(jax.tree.leaves(reference_state), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_unreadable_named_checkpoint_is_a_one_line_error(uninterrupted, tmp_path):
+  config, reference_dir = uninterrupted
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(reference_dir, workdir)
+  step = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+  _damage_metadata(os.path.join(workdir, "checkpoints", str(step)))
+  with pytest.raises(checkpoint_lib.UnreadableCheckpointError, match=r"unreadable checkpoint"):
+    _restore(config, workdir, which=str(step))

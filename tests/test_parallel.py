@@ -1,0 +1,100 @@
+"""Data parallelism: the tiny config on 4 (fake CPU) devices, replicated or FSDP, trains like 1 device,
+and its checkpoints restore on 1 device. conftest.py gives the session 4 CPU devices."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from lmr_jax.data import dataset
+from lmr_jax.training import checkpoint as checkpoint_lib
+from lmr_jax.training import parallel
+from lmr_jax.training import train_step as train_step_lib
+from lmr_jax.training import trainer
+
+# Splitting the batch over devices reorders the float sums of the losses and gradients; a few Adam
+# steps keep that at float32 round-off (observed differences are ~1e-7), far below a real change.
+LOSS_RTOL = 1e-5
+PARAM_ATOL = 1e-5
+
+
+def _restore(config, workdir, num_devices):
+  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
+  model = trainer.build_model(config)
+  tx, _ = train_step_lib.make_optimizer(config.optim, 1)
+  mesh = parallel.make_mesh(num_devices)
+  abstract, _ = trainer.sharded_state_layout(
+      config, model, tx, mesh, trainer.example_batch(source, config.batch_size)
+  )
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+  try:
+    return checkpointer.restore("latest", abstract)[0]
+  finally:
+    checkpointer.close()
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data_root, tmp_path_factory):
+  """{name: (config, workdir, final metrics)} of one epoch on 1 device, 4 devices, 4 devices FSDP."""
+  assert jax.device_count() == 4
+  results = {}
+  for name, num_devices, fsdp in (("one", 1, False), ("four", 4, False), ("fsdp", 4, True)):
+    config = tiny_config(tiny_data_root)
+    config.num_epochs = 1
+    config.num_devices = num_devices
+    config.fsdp = fsdp
+    workdir = str(tmp_path_factory.mktemp(name))
+    results[name] = (config, workdir, trainer.train_and_evaluate(config, workdir))
+  return results
+
+
+@pytest.mark.parametrize("name", ["four", "fsdp"])
+def test_four_devices_train_like_one(runs, name):
+  config, one_dir, one_metrics = runs["one"]
+  _, other_dir, other_metrics = runs[name]
+  one_losses, other_losses = _losses(one_dir), _losses(other_dir)
+  assert one_losses.keys() == other_losses.keys() and len(one_losses) >= 3
+  np.testing.assert_allclose(
+      [other_losses[s] for s in sorted(one_losses)],
+      [one_losses[s] for s in sorted(one_losses)],
+      rtol=LOSS_RTOL,
+  )
+  one_state = _restore(config, one_dir, 1)
+  other_state = _restore(runs[name][0], other_dir, 1)  # saved on 4 devices, restored on 1
+  assert int(one_state.step) == int(other_state.step) > 0
+  for a, b in zip(jax.tree.leaves(one_state.params), jax.tree.leaves(other_state.params)):
+    assert len(b.sharding.device_set) == 1
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL)
+  assert one_metrics["brief"]["MR-full-mAP"] == pytest.approx(
+      other_metrics["brief"]["MR-full-mAP"], abs=0.5
+  )
+
+
+def test_fsdp_shards_the_state_and_restores_sharded(runs):
+  config, workdir, _ = runs["fsdp"]
+  state = _restore(config, workdir, 4)
+  kernels = [p for p in jax.tree.leaves(state.params) if p.ndim == 2 and p.shape[0] % 4 == 0]
+  assert kernels and all(len(k.sharding.device_set) == 4 for k in kernels)
+  assert all(not k.sharding.is_fully_replicated for k in kernels)
+  mu = state.opt_state[-1][0].mu  # AdamW's first moment mirrors the params' layout
+  assert jax.tree.map(lambda m: m.sharding.spec, mu) == jax.tree.map(
+      lambda p: p.sharding.spec, state.params
+  )
+
+
+def test_batch_not_divisible_by_the_mesh_is_a_one_line_error(tiny_data_root, tmp_path):
+  config = tiny_config(tiny_data_root)
+  config.batch_size = 6
+  with pytest.raises(parallel.MeshError, match=r"^config.batch_size 6 is not divisible by the 4"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  config.num_devices = 5
+  with pytest.raises(parallel.MeshError, match=r"^config.num_devices 5: this job has 4 devices"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
