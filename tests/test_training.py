@@ -6,6 +6,8 @@ import os
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import tiny_config
 from lmr_jax.data import dataset, pipeline
@@ -49,12 +51,34 @@ def _train_log(workdir):
     return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
-def test_resume_continues_exactly(tiny_data_root, tmp_path):
+def _tensorboard_scalars(workdir):
+  """{tag: {step: value}} of the run's TensorBoard event files."""
+  accumulator = event_accumulator.EventAccumulator(
+      os.path.join(workdir, "tensorboard"), size_guidance={event_accumulator.TENSORS: 0}
+  )
+  accumulator.Reload()
+  return {
+      tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)}
+      for tag in accumulator.Tags()[event_accumulator.TENSORS]
+      if not tag.startswith("_hparams_")  # the config, as TensorBoard's hparams plugin stores it
+  }
+
+
+def test_resume_continues_exactly(tiny_data_root, tmp_path, capsys):
   """2 epochs straight == 1 epoch, stop, then the same command for 2 epochs (bit-identical on CPU)."""
   config = tiny_config(tiny_data_root)
   config.checkpoint_every_steps = 1000  # only the end-of-epoch evaluations save
   straight = str(tmp_path / "straight")
   trainer.train_and_evaluate(config, straight)
+  summary = capsys.readouterr().out
+  assert "Training finished at step" in summary
+  assert f"best checkpoint (val MR-full-mAP): {os.path.join(straight, 'best')}" in summary
+  assert f"tensorboard --logdir {os.path.join(straight, 'tensorboard')}" in summary
+  scalars = _tensorboard_scalars(straight)
+  for tag in ("train/loss", "train/span_l1", "train/saliency_inter_video", "lr", "val/MR-full-mAP"):
+    assert tag in scalars, sorted(scalars)
+  assert scalars["train/loss"] == pytest.approx(_train_log(straight), rel=1e-6)
+  assert len(scalars["val/MR-full-mAP"]) == config.num_epochs
   resumed = str(tmp_path / "resumed")
   config.num_epochs = 1
   trainer.train_and_evaluate(config, resumed)

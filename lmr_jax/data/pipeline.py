@@ -120,6 +120,13 @@ def train_batches(
     epoch, step = epoch + 1, 0
 
 
+def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int = 1) -> int:
+  """How many batches ``eval_batches`` yields on every process."""
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  per_process = -(-num_examples // process_count)
+  return -(-per_process // local_batch)
+
+
 def eval_batches(
     source: ExampleSource, global_batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -129,8 +136,7 @@ def eval_batches(
   """
   local_batch = _local_batch_size(global_batch_size, process_count)
   indices = np.arange(len(source))[process_index::process_count]
-  per_process = -(-len(source) // process_count)
-  num_batches = -(-per_process // local_batch)
+  num_batches = num_eval_batches(len(source), global_batch_size, process_count)
   num_real = len(indices)
   padded = np.concatenate([indices, np.zeros(num_batches * local_batch - num_real, np.int64)])
   ds = _dataset_from_indices(source, padded, None, local_batch)

@@ -6,7 +6,6 @@ come back together, so the resumed run sees the same batches and dropout keys it
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from lmr_jax.evaluation import predictions
 from lmr_jax.evaluation import qvh_metrics
 from lmr_jax.model.lmr import LMR
 from lmr_jax.training import checkpoint as checkpoint_lib
+from lmr_jax.training import metric_log
 from lmr_jax.training import parallel
 from lmr_jax.training import train_step as train_step_lib
 
@@ -66,13 +66,17 @@ def predict(predict_fn, params, source, config, mesh) -> list[dict]:
   annotations_by_qid = {a.qid: a for a in source.annotations}
   rows = parallel.batch_sharding(mesh)
   records = []
-  for batch in pipeline.eval_batches(
+  batches = pipeline.eval_batches(
       source, config.eval_batch_size, jax.process_index(), jax.process_count()
-  ):
-    outputs = parallel.to_host(predict_fn(params, parallel.global_batch(rows, batch)))
-    records += predictions.to_submission_records(
-        outputs, parallel.to_host(batch), annotations_by_qid
-    )
+  )
+  num_batches = pipeline.num_eval_batches(len(source), config.eval_batch_size, jax.process_count())
+  with metric_log.progress_bar(num_batches, 0, "eval") as bar:
+    for batch in batches:
+      outputs = parallel.to_host(predict_fn(params, parallel.global_batch(rows, batch)))
+      records += predictions.to_submission_records(
+          outputs, parallel.to_host(batch), annotations_by_qid
+      )
+      bar.update()
   return records
 
 
@@ -90,18 +94,6 @@ def score(records: list[dict], source, evals) -> dict:
     metrics["brief"].update(result["brief"])
     metrics[name] = result
   return metrics
-
-
-class _Log:
-  """Process 0 appends one JSON object per event to ``{workdir}/metrics.jsonl``."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl") if jax.process_index() == 0 else None
-
-  def write(self, **record) -> None:
-    if self.path:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _check_finite(history: list[tuple[int, dict]]) -> dict:
@@ -204,8 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   predict_fn = train_step_lib.jit_predict_step(model, mesh, state_shardings.params)
   rng = jax.device_put(jax.random.key(config.seed + 1), parallel.replicated(mesh))
   rows = parallel.batch_sharding(mesh)
-  log = _Log(workdir)
+  log = metric_log.MetricLog(workdir, config)
   history, metrics, start_time = [], {}, time.time()
+  start_step = step
   batches = pipeline.train_batches(
       train_source,
       config.batch_size,
@@ -214,12 +207,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       jax.process_index(),
       jax.process_count(),
   )
+  bar = metric_log.progress_bar(steps_per_epoch, position.step, f"epoch {position.epoch + 1}")
   with _StopOnSignal() as stop:
     try:
       while step < total_steps:
         position, batch = next(batches)
         state, step_metrics = train_step(state, parallel.global_batch(rows, batch), rng)
         step += 1
+        bar.update()
         history.append((step, step_metrics))
         epoch_done = position.step == steps_per_epoch - 1
         next_position = (
@@ -236,18 +231,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           train_means = _check_finite(history)
           history = []
           log.write(
-              step=step,
+              step,
               epoch=position.epoch,
               lr=float(schedule(step)),
-              steps_per_sec=step / max(time.time() - start_time, 1e-9),
+              steps_per_sec=(step - start_step) / max(time.time() - start_time, 1e-9),
               **{f"train/{k}": v for k, v in train_means.items()},
           )
+          bar.set_postfix(loss=f"{train_means['loss']:.4f}")
           logging.info("step %d epoch %d loss %.4f", step, position.epoch, train_means["loss"])
         if eval_now:
           records = predict(predict_fn, state.params, eval_source, config, mesh)
           metrics = score(records, eval_source, config.evals)
           log.write(
-              step=step,
+              step,
               epoch=position.epoch + 1,
               **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()},
           )
@@ -262,6 +258,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               checkpointer.latest.directory,
           )
           break
+        if epoch_done and step < total_steps:
+          bar.close()
+          bar = metric_log.progress_bar(steps_per_epoch, 0, f"epoch {position.epoch + 2}")
     finally:
+      bar.close()
+      log.close()
       checkpointer.close()
+  if jax.process_index() == 0:
+    print(_summary(config, workdir, log, checkpointer, step, total_steps, start_time, stop))
   return metrics
+
+
+def _summary(config, workdir, log, checkpointer, step, total_steps, start_time, stop) -> str:
+  latest, best = checkpointer.latest.latest_step(), checkpointer.best.best_step()
+  return metric_log.summary(
+      workdir=workdir,
+      records=log.records(),
+      eval_split=config.eval_split,
+      best_metric=config.best_metric,
+      best_step=best,
+      latest_dir=str(checkpointer.latest.directory / str(latest)) if latest is not None else None,
+      best_dir=str(checkpointer.best.directory / str(best)) if best is not None else None,
+      step=step,
+      total_steps=total_steps,
+      start_time=start_time,
+      stop_reason=stop.signal_name,
+  )

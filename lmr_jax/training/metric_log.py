@@ -1,0 +1,113 @@
+"""What a training run reports, from process 0 only: ``metrics.jsonl``, TensorBoard event files, tqdm
+progress bars, and the summary screen at the end.
+
+``{workdir}/metrics.jsonl`` holds one JSON object per event (the plots and tests read it);
+``{workdir}/tensorboard`` holds the same scalars (train loss per term, lr, eval metrics) plus the
+config as hyperparameters: ``tensorboard --logdir {workdir}/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+from flax.metrics import tensorboard
+from tqdm import tqdm
+
+TENSORBOARD_DIR = "tensorboard"
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricLog:
+  """Appends records to metrics.jsonl and writes their numeric fields as TensorBoard scalars."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
+    self._writer = None
+    if self.enabled:
+      self._writer = tensorboard.SummaryWriter(self.tensorboard_dir)
+      self._writer.hparams(config.to_dict())
+
+  def write(self, step: int, **scalars: float) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(dict(step=step, **scalars)) + "\n")
+    for name, value in scalars.items():
+      if value is not None:  # a metric the split cannot give (e.g. no highlight labels) stays null
+        self._writer.scalar(name, value, step)
+    self._writer.flush()
+
+  def records(self) -> list[dict]:
+    """Every record of metrics.jsonl so far (this run's and, after a resume, the earlier runs')."""
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def progress_bar(total: int, initial: int, description: str) -> tqdm:
+  """A bar with ETA (hidden on processes other than 0 and when stderr is not a terminal)."""
+  return tqdm(
+      total=total,
+      initial=initial,
+      desc=description,
+      unit="step",
+      dynamic_ncols=True,
+      leave=False,
+      disable=jax.process_index() != 0 or not sys.stderr.isatty(),
+  )
+
+
+def _format_metrics(metrics: dict, prefix: str, names: tuple[str, ...]) -> str:
+  return "  ".join(
+      f"{name} {metrics[f'{prefix}/{name}']:.2f}" for name in names if f"{prefix}/{name}" in metrics
+  )
+
+
+def summary(
+    *,
+    workdir: str,
+    records: list[dict],
+    eval_split: str,
+    best_metric: str,
+    best_step: int | None,
+    latest_dir: str | None,
+    best_dir: str | None,
+    step: int,
+    total_steps: int,
+    start_time: float,
+    stop_reason: str | None,
+) -> str:
+  """The end-of-run screen: where training stopped, the last and best evaluation, where things are."""
+  elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - start_time))
+  state = f"stopped by {stop_reason}" if stop_reason else "finished"
+  lines = [f"Training {state} at step {step}/{total_steps} after {elapsed} in this process."]
+  evals = [r for r in records if f"{eval_split}/{best_metric}" in r]
+  shown = (best_metric, "MR-full-R1@0.5", "MR-full-R1@0.7", "HL-min-VeryGood-mAP")
+  if evals:
+    lines.append(
+        f"  last eval  (step {evals[-1]['step']}): {_format_metrics(evals[-1], eval_split, shown)}"
+    )
+  best = [r for r in evals if r["step"] == best_step]
+  if best:
+    lines.append(f"  best eval  (step {best_step}): {_format_metrics(best[-1], eval_split, shown)}")
+  if best_dir:
+    lines.append(f"  best checkpoint ({eval_split} {best_metric}): {best_dir}")
+  if latest_dir:
+    lines.append(f"  latest checkpoint: {latest_dir}")
+  lines.append(f"  metrics: {os.path.join(workdir, METRICS_FILE)}")
+  lines.append(f"  TensorBoard: tensorboard --logdir {os.path.join(workdir, TENSORBOARD_DIR)}")
+  if stop_reason:
+    lines.append("  Resume: rerun the same command.")
+  return "\n".join(lines)
