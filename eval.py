@@ -3,10 +3,12 @@ r"""Evaluates a trained LMR checkpoint: a thin absl entry point around ``run_eva
   python eval.py --config=configs/qvh.py --workdir=workdir/qvh                  # best checkpoint, val
   python eval.py --config=configs/qvh.py --workdir=workdir/qvh --cqval          # + C-QVal (Tab. IV)
   python eval.py --config=configs/qvh.py --workdir=workdir/qvh --checkpoint=latest --split=test
+  python eval.py --config=configs/qvh.py --workdir=workdir/qvh --cqval --plots=8  # + figures
 
 Writes ``submission.jsonl`` (and, for a labelled split, ``metrics.json``) to ``--output_dir``, by default
 ``{workdir}/eval/{split}_{checkpoint}``. Pass the training config (with the same ``--config.x=y``
-overrides): a checkpoint that does not fit it is an error. Errors are one line on stderr, exit status 1.
+overrides): a checkpoint that does not fit it is an error. ``--plots N`` writes PNG figures to
+``{output_dir}/plots/`` (docs/evaluation.md, "Plots"). Errors are one line on stderr, exit status 1.
 """
 
 import os
@@ -32,6 +34,12 @@ _SPLIT = flags.DEFINE_string(
 _CQVAL = flags.DEFINE_bool(
     "cqval", False, "Also score the C-QVal complex-query splits (paper Tab. IV)."
 )
+_PLOTS = flags.DEFINE_integer(
+    "plots",
+    0,
+    "Also draw figures into {output_dir}/plots/: training curves, and a timeline and a VQF attention "
+    "map for this many queries sampled with a fixed seed (and, with --cqval, its bar chart).",
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Default: {workdir}/eval/{split}_{checkpoint}."
 )
@@ -51,6 +59,7 @@ def main(argv):
         _SPLIT.value,
         _CQVAL.value,
         _OUTPUT_DIR.value,
+        _PLOTS.value,
     )
   except run_eval.ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
