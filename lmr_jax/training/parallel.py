@@ -9,6 +9,8 @@ step runs on one CPU, on N local GPUs, and on many hosts after ``jax.distributed
 
 from __future__ import annotations
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
@@ -23,11 +25,18 @@ class MeshError(ValueError):
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Joins the multi-host job (coordinator and process ids from the cluster environment: SLURM,
-  TPU pods, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID); must run before any JAX
-  computation."""
-  if config.distributed:
-    jax.distributed.initialize()
+  """Joins the multi-host job; must run before any JAX computation.
+
+  Coordinator, process count and id come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID where set, otherwise from the cluster (SLURM, Open MPI, TPU pods, ...).
+  """
+  if not config.distributed:
+    return
+  num_processes, process_id = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+  jax.distributed.initialize(
+      num_processes=int(num_processes) if num_processes else None,
+      process_id=int(process_id) if process_id else None,
+  )
 
 
 def make_mesh(num_devices: int) -> jax.sharding.Mesh:

@@ -194,7 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_step = train_step_lib.jit_train_step(model, tx, config.loss, mesh, state_shardings)
   predict_fn = train_step_lib.jit_predict_step(model, mesh, state_shardings.params)
-  rng = jax.device_put(jax.random.key(config.seed + 1), parallel.replicated(mesh))
+  # Made under jit: device_put cannot place a value on other hosts' devices.
+  rng = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=parallel.replicated(mesh))()
   rows = parallel.batch_sharding(mesh)
   log = metric_log.MetricLog(workdir, config)
   history, metrics, start_time = [], {}, time.time()
