@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,17 +34,24 @@ def inverse_sigmoid(x: jnp.ndarray, eps: float = 1e-3) -> jnp.ndarray:
   return jnp.log(x / (1 - x))
 
 
-def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jnp.ndarray:
-  """Bernoulli(1 - rate) mask from XLA's RngBitGenerator (threefry), seeded from ``rng``.
+def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[jnp.ndarray, float]:
+  """A Bernoulli keep mask and its keep probability, ``1 - rate`` with ``rate`` rounded to 2^-16.
 
-  On CPU, jax.random's threefry costs ~5x more per element than XLA's; with ~60 M dropout draws per
-  QVHighlights train step (most on the 2818/4096-d input features) that was a fifth of the step.
+  jax.random's threefry costs ~5x more per element on CPU than XLA's RngBitGenerator, and ~60 M draws
+  per QVHighlights train step (most on the 2818/4096-d input features) made it a fifth of the step; so
+  the mask comes from XLA's threefry, two 16-bit draws per 32-bit word.
   """
+  steps = min(round(rate * 2**16), 2**16 - 1)
+  size = int(np.prod(shape))
   seed_u32x4 = jax.random.bits(rng, (4,), jnp.uint32)
   _, bits = jax.lax.rng_bit_generator(
-      seed_u32x4, shape, dtype=jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY
+      seed_u32x4,
+      ((size + 1) // 2,),
+      dtype=jnp.uint32,
+      algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY,
   )
-  return bits >= np.uint32(min(round(rate * 2**32), 2**32 - 1))
+  bits = jax.lax.bitcast_convert_type(bits, jnp.uint16).reshape(-1)[:size].reshape(shape)
+  return bits >= np.uint16(steps), 1.0 - steps / 2**16
 
 
 class Dropout(nn.Module):
@@ -55,8 +64,8 @@ class Dropout(nn.Module):
   def __call__(self, x):
     if self.deterministic or self.rate == 0.0:
       return x
-    keep = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
-    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+    keep, keep_prob = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
+    return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
 def _attention(q_BxQxHxd, k_BxKxHxd, v_BxKxHxd, bias_Bx1xQxK, dropout_QxK):
@@ -90,8 +99,8 @@ def dot_product_attention(
   if deterministic or dropout_rate == 0.0:
     dropout_QxK = jnp.ones((q_len, k_len), query.dtype)
   else:
-    keep_QxK = keep_mask(dropout_rng, dropout_rate, (q_len, k_len))
-    dropout_QxK = jnp.where(keep_QxK, 1.0 / (1.0 - dropout_rate), 0.0).astype(query.dtype)
+    keep_QxK, keep_prob = keep_mask(dropout_rng, dropout_rate, (q_len, k_len))
+    dropout_QxK = jnp.where(keep_QxK, 1.0 / keep_prob, 0.0).astype(query.dtype)
   if module is not None and module.is_mutable_collection("intermediates"):
     weights, out = _attention(query, key, value, bias_Bx1xQxK, dropout_QxK)
     module.sow("intermediates", "attention_weights", weights)
@@ -115,6 +124,59 @@ def _num_chunks(batch: int, logits_per_row: int, chunk_bytes: int = 3 << 20) -> 
   return batch
 
 
+def _normalize(x, epsilon):
+  """nn.LayerNorm's statistics (fast variance, clipped at 0): (x - mean) * rsqrt(var + eps)."""
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
+  return mean, jax.lax.rsqrt(var + epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _norm_dropout(x, keep, scale, bias, keep_prob, epsilon):
+  mean, rstd = _normalize(x, epsilon)
+  return jnp.where(keep, ((x - mean) * rstd * scale + bias) / keep_prob, 0.0)
+
+
+def _norm_dropout_fwd(x, keep, scale, bias, keep_prob, epsilon):
+  mean, rstd = _normalize(x, epsilon)
+  y = jnp.where(keep, ((x - mean) * rstd * scale + bias) / keep_prob, 0.0)
+  return y, (x, keep, mean, rstd)
+
+
+def _norm_dropout_bwd(keep_prob, epsilon, residuals, grad_y):
+  x, keep, mean, rstd = residuals
+  grad_z = jnp.where(keep, grad_y / keep_prob, 0.0)
+  reduce_axes = tuple(range(x.ndim - 1))
+  grad_scale = (grad_z * ((x - mean) * rstd)).sum(reduce_axes)
+  return None, None, grad_scale, grad_z.sum(reduce_axes)
+
+
+_norm_dropout.defvjp(_norm_dropout_fwd, _norm_dropout_bwd)
+
+
+class FeatureNorm(nn.Module):
+  """nn.LayerNorm then Dropout on input features, which are data: no gradient flows into them.
+
+  Its backward computes only the scale and bias gradients, from the inputs and the row statistics;
+  left to autodiff, XLA kept normalised copies and broadcast statistics of the whole (B, L, 4096)
+  input alive for them and streamed them from memory.
+  """
+
+  rate: float
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    x = jax.lax.stop_gradient(x)
+    if not train or self.rate == 0.0:
+      mean, rstd = _normalize(x, self.epsilon)
+      return (x - mean) * rstd * scale + bias
+    keep, keep_prob = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
+    return _norm_dropout(x, keep, scale, bias, keep_prob, self.epsilon)
+
+
 class InputProjection(nn.Module):
   """Two LayerNorm -> Dropout -> Dense stages mapping one feature stream to the hidden width."""
 
@@ -124,10 +186,9 @@ class InputProjection(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = nn.LayerNorm()(x)
-    x = Dropout(self.input_dropout, deterministic=not train)(x)
+    x = FeatureNorm(self.input_dropout, name="LayerNorm_0")(x, train=train)
     x = nn.relu(nn.Dense(self.hidden_dim)(x))
-    x = nn.LayerNorm()(x)
+    x = nn.LayerNorm(name="LayerNorm_1")(x)
     x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.hidden_dim)(x)
 
