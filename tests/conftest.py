@@ -6,10 +6,13 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from absl import flags  # noqa: E402
 
 from lmr_jax.data import synthetic  # noqa: E402
 
@@ -54,3 +57,56 @@ def tiny_config(root: str, arg: str = ""):
   for split in config.data.annotation_files:
     config.data.annotation_files[split] = os.path.join(root, "annotations", f"{split}.jsonl")
   return config
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_command(config, workdir: str, keys=()) -> list[str]:
+  """``python train.py`` on configs/tiny.py with ``config``'s data paths and its values of ``keys``
+  as command-line overrides (run it from REPO)."""
+  overrides = [f"--config.data.feat_root={config.data.feat_root}"]
+  overrides += [
+      f"--config.data.annotation_files.{split}={path}"
+      for split, path in config.data.annotation_files.items()
+  ]
+  overrides += [f"--config.{key}={config[key]}" for key in keys]
+  return [
+      sys.executable,
+      "train.py",
+      "--config=configs/tiny.py",
+      f"--workdir={workdir}",
+  ] + overrides
+
+
+def child_environment(num_cpu_devices: int = 4, **variables) -> dict[str, str]:
+  """The environment of a child training process: this session's compile cache (so it loads the
+  executables this process compiled) and ``num_cpu_devices`` CPU devices."""
+  return dict(
+      os.environ,
+      JAX_NUM_CPU_DEVICES=str(num_cpu_devices),
+      JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      TF_CPP_MIN_LOG_LEVEL="3",
+      **variables,
+  )
+
+
+@contextlib.contextmanager
+def entry_point(script: str):
+  """``script`` (train.py, eval.py, predict.py) loaded as a module in this process; the absl flags it
+  defines are removed again on exit, so that entry points defining the same flag names can each be
+  tested in one pytest process."""
+  before = set(flags.FLAGS)
+  spec = importlib.util.spec_from_file_location(
+      f"{os.path.splitext(script)[0]}_entry_point", os.path.join(REPO, script)
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  try:
+    yield module
+  finally:
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+

@@ -257,17 +257,22 @@ def test_train_order_deterministic_and_resumable(tiny_sources):
   assert not np.array_equal(other_seed["qid"], run[0][1]["qid"])
 
 
-def test_per_process_shards_are_disjoint_and_cover_the_epoch(tiny_sources):
+def test_per_process_shards_assemble_the_single_process_batches(tiny_sources):
+  """Process p reads the p-th slice of every global batch, with the same window subsets, so the
+  processes' batches concatenated in process order are the batches of one process."""
   _, train, _ = tiny_sources
   steps = pipeline.steps_per_epoch(len(train), 4)
+  whole = _all_batches(train, 2 * steps)
   shards = []
   for p in range(2):
     it = pipeline.train_batches(train, 4, seed=5, process_index=p, process_count=2)
-    shards.append(np.concatenate([next(it)[1]["qid"] for _ in range(steps)]))
-  assert len(shards[0]) == len(shards[1]) == 2 * steps
-  assert not set(shards[0]) & set(shards[1])
-  whole = np.concatenate([b["qid"] for _, b in _all_batches(train, steps)])
-  assert set(whole) == set(shards[0]) | set(shards[1])
+    shards.append([next(it) for _ in range(2 * steps)])
+  for s, (position, batch) in enumerate(whole):
+    assert shards[0][s][0] == shards[1][s][0] == position
+    for key in batch:
+      np.testing.assert_array_equal(
+          np.concatenate([shards[0][s][1][key], shards[1][s][1][key]]), batch[key]
+      )
   with pytest.raises(ValueError, match="not divisible"):
     next(pipeline.train_batches(train, 4, seed=5, process_index=0, process_count=3))
 

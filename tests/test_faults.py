@@ -7,21 +7,18 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, child_environment, tiny_config, train_command
 from lmr_jax.data import dataset, pipeline
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import parallel
 from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import trainer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fault_config(root):
@@ -32,40 +29,13 @@ def _fault_config(root):
   return config
 
 
-def _command(root, workdir):
-  """train.py on ``_fault_config`` (the same settings as command-line overrides)."""
-  config = _fault_config(root)
-  overrides = [f"--config.data.feat_root={config.data.feat_root}"] + [
-      f"--config.data.annotation_files.{split}={path}"
-      for split, path in config.data.annotation_files.items()
-  ]
-  overrides += [
-      f"--config.{key}={config[key]}"
-      for key in ("num_epochs", "checkpoint_every_steps", "log_every_steps")
-  ]
-  return [
-      sys.executable,
-      "train.py",
-      "--config=configs/tiny.py",
-      f"--workdir={workdir}",
-  ] + overrides
-
-
-def _environment():
-  """The child sees this session's 4 CPU devices and compile cache, so it runs the same executables."""
-  return dict(
-      os.environ,
-      JAX_NUM_CPU_DEVICES="4",
-      JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      TF_CPP_MIN_LOG_LEVEL="3",
-  )
-
-
 def _start(root, workdir, log_path):
   log = open(log_path, "w")
+  command = train_command(
+      _fault_config(root), workdir, ("num_epochs", "checkpoint_every_steps", "log_every_steps")
+  )
   process = subprocess.Popen(
-      _command(root, workdir), cwd=REPO, env=_environment(), stdout=log, stderr=subprocess.STDOUT
+      command, cwd=REPO, env=child_environment(), stdout=log, stderr=subprocess.STDOUT
   )
   return process, log
 

@@ -3,12 +3,14 @@ and its checkpoints restore on 1 device. conftest.py gives the session 4 CPU dev
 
 import json
 import os
+import socket
+import subprocess
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, child_environment, tiny_config, train_command
 from lmr_jax.data import dataset
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import parallel
@@ -98,3 +100,62 @@ def test_batch_not_divisible_by_the_mesh_is_a_one_line_error(tiny_data_root, tmp
   config.num_devices = 5
   with pytest.raises(parallel.MeshError, match=r"^config.num_devices 5: this job has 4 devices"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_train_like_one_process_of_four(runs, tmp_path):
+  """A real multi-host job on this machine: 2 processes (jax.distributed, gloo collectives) with 2 CPU
+  devices each, each reading its half of every batch."""
+  config, four_dir, _ = runs["four"]
+  workdir = str(tmp_path / "two_hosts")
+  command = train_command(config, workdir, ("num_epochs",)) + ["--config.distributed=True"]
+  coordinator = f"localhost:{_free_port()}"
+  processes, logs = [], []
+  for process_id in range(2):
+    logs.append(open(tmp_path / f"process{process_id}.log", "w+"))
+    environment = child_environment(
+        num_cpu_devices=2,
+        JAX_COORDINATOR_ADDRESS=coordinator,
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(process_id),
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
+    processes.append(
+        subprocess.Popen(
+            command, cwd=REPO, env=environment, stdout=logs[-1], stderr=subprocess.STDOUT
+        )
+    )
+  try:
+    returncodes = [p.wait(timeout=420) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+  assert returncodes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+  assert "on 4 devices (2 processes)" in outputs[0]
+  assert "Training finished" in outputs[0] and "Training finished" not in outputs[1]
+
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    steps = [r["step"] for r in map(json.loads, f) if "train/loss" in r]
+  assert len(steps) == len(set(steps))  # process 0 alone writes the log
+  assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 1
+  four_losses, two_host_losses = _losses(four_dir), _losses(workdir)
+  assert four_losses.keys() == two_host_losses.keys()
+  np.testing.assert_allclose(
+      [two_host_losses[s] for s in sorted(four_losses)],
+      [four_losses[s] for s in sorted(four_losses)],
+      rtol=LOSS_RTOL,
+  )
+  four_state = _restore(config, four_dir, 1)
+  two_host_state = _restore(config, workdir, 1)  # written by 2 processes, restored by 1 on 1 device
+  for a, b in zip(jax.tree.leaves(four_state.params), jax.tree.leaves(two_host_state.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL)

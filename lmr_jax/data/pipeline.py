@@ -1,7 +1,7 @@
 """tf.data input pipelines over an ``ExampleSource``: seeded, per-process sharded, resumable.
 
 The training order is a pure function of (seed, epoch): epoch ``e`` visits the permutation
-``default_rng([seed, e])``, each process takes every ``process_count``-th index, and a run resumed at
+``default_rng([seed, e])``, each process takes its contiguous share of every global batch, and a run resumed at
 (epoch, step) rebuilds that epoch and starts at its ``step``-th batch, so a resumed run sees exactly the
 batches an uninterrupted one would. Evaluation keeps every query: the last batch is padded and
 ``example_mask`` marks the real rows.
@@ -77,20 +77,38 @@ def _dataset_from_indices(
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_indices(
+def _process_rows(
+    num_batches: int, global_batch_size: int, process_index: int, process_count: int
+) -> np.ndarray:
+  """Positions in the epoch order that this process reads: its contiguous slice of every global
+  batch, so the processes' rows, concatenated in process order (as the mesh lays them out), are the
+  single-process batch."""
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  rows = np.arange(num_batches * global_batch_size).reshape(num_batches, process_count, local_batch)
+  return rows[:, process_index].reshape(-1)
+
+
+def epoch_examples(
     num_examples: int,
     global_batch_size: int,
     seed: int,
     epoch: int,
     process_index: int = 0,
     process_count: int = 1,
-) -> np.ndarray:
-  """This process's example indices for ``epoch``, in visiting order, whole batches only."""
+) -> tuple[np.ndarray, np.ndarray]:
+  """(example indices, per-visit seeds) this process reads in ``epoch``, in order, whole batches.
+
+  Both are drawn for the whole epoch and then sliced, so an example gets the same seed (the same
+  random window subset) whatever the number of processes.
+  """
   steps = steps_per_epoch(num_examples, global_batch_size)
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)[
       : steps * global_batch_size
   ]
-  return order[process_index::process_count]
+  # One seed per visit of an example: the random window subset is reproducible on resume.
+  seeds = np.random.default_rng([seed, epoch, 1]).integers(0, 2**62, size=len(order))
+  rows = _process_rows(steps, global_batch_size, process_index, process_count)
+  return order[rows], seeds[rows]
 
 
 def train_batches(
@@ -106,11 +124,9 @@ def train_batches(
   steps = steps_per_epoch(len(source), global_batch_size)
   epoch, step = start.epoch, start.step
   while True:
-    indices = epoch_indices(
+    indices, seeds = epoch_examples(
         len(source), global_batch_size, seed, epoch, process_index, process_count
     )
-    # One seed per visit of an example: the random window subset is reproducible on resume.
-    seeds = np.random.default_rng([seed, epoch, 1]).integers(0, 2**62, size=len(indices))
     first = step * local_batch
     ds = _dataset_from_indices(source, indices[first:], seeds[first:], local_batch)
     for batch in ds.as_numpy_iterator():
