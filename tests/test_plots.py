@@ -1,6 +1,5 @@
 """Figures: each plot function, its CLI, the VQF attention weights and `eval.py --plots` in-process."""
 
-import importlib.util
 import json
 import os
 import re
@@ -11,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from conftest import tiny_config
+from conftest import REPO, entry_point, tiny_config
 from matplotlib import image
 
 from lmr_jax.data import dataset
@@ -19,7 +18,6 @@ from lmr_jax.evaluation import run_eval
 from lmr_jax.training import trainer
 from lmr_jax.visualization import PlotError, attention, plots
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +31,8 @@ def trained(tiny_data_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_main():
-  """eval.py loaded in-process; its flags are removed again afterwards so that other entry points can
-  define theirs."""
-  before = set(flags.FLAGS)
-  spec = importlib.util.spec_from_file_location("eval_entry_point", os.path.join(REPO, "eval.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  yield module
-  for name in set(flags.FLAGS) - before:
-    delattr(flags.FLAGS, name)
-  flags.FLAGS.unparse_flags()
+  with entry_point("eval.py") as module:
+    yield module
 
 
 def _check_png(path):

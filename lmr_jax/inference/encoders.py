@@ -1,0 +1,223 @@
+"""Raw videos and free query text -> LMR inputs, with the frozen PyTorch models of preprocess/.
+
+Imported only for a raw video or free-text queries: it needs preprocess/requirements.txt (torch,
+transformers, PyAV), which predicting from precomputed features does not. A video becomes the feature
+files of docs/data_layout.md, written as the preprocess CLIs write them (CLIP image features, captions
+and their Llama embedding vectors), and is then read back by the loaders that training and evaluation
+use, so a raw video and its precomputed features give the same prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import types
+from pathlib import Path
+
+import av
+import ml_collections
+import numpy as np
+import torch
+
+from lmr_jax.inference import predictor as predictor_lib
+from lmr_jax.inference.predictor import PredictError
+from preprocess import captions as captions_lib
+from preprocess import io_utils, runtime
+from preprocess.captioners import Captioner
+from preprocess.clip_features import ClipImageEncoder
+from preprocess.llama_embedding import EMBEDDING_KEY, LlamaEmbedder
+from preprocess.text_features import ClipTextEncoder
+from preprocess.video_io import ClipReader
+
+CLIP_BATCH_SIZE = 64  # clips per CLIP forward pass, preprocess.clip_features' default
+
+
+def _missing(flag: str, purpose: str) -> PredictError:
+  return PredictError(f"{purpose} needs --{flag} (a checkpoint: hub id or directory)")
+
+
+def _loaded(flag: str, checkpoint: str | None, purpose: str, load):
+  """``load(checkpoint)``, with a missing flag or an unloadable checkpoint as one PredictError line."""
+  if not checkpoint:
+    raise _missing(flag, purpose)
+  try:
+    return load(checkpoint)
+  except (OSError, ValueError, KeyError) as e:
+    reason = (str(e).splitlines() or [""])[0][:300]
+    raise PredictError(
+        f"--{flag} {checkpoint}: cannot load ({type(e).__name__}: {reason})"
+    ) from None
+
+
+def _check_dim(flag: str, checkpoint: str, what: str, dim: int, trained: int, key: str) -> None:
+  if dim != trained:
+    raise PredictError(
+        f"--{flag} {checkpoint} gives {dim}-dim {what}, the model was trained on {trained} ({key}); "
+        "use the checkpoint the training features came from"
+    )
+
+
+class Encoders:
+  """The frozen models one run needs, each loaded once, on first use, and checked against the
+  dims the model was trained on.
+
+  ``clip``: CLIP image features of clips and text tokens of queries; ``llama``: the embedding table
+  for captions and the caption side of queries; ``captioner``: a video LLM of
+  ``preprocess.captioners.BACKENDS``. ``device``/``dtype`` as in preprocess ("auto": CUDA if there is
+  one; float16 for the captioner on CUDA, float32 otherwise).
+  """
+
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      *,
+      clip: str | None = None,
+      llama: str | None = None,
+      captioner: str | None = None,
+      embedding_key: str = EMBEDDING_KEY,
+      device: str = "auto",
+      dtype: str = "auto",
+      clip_frames_per_clip: int = 1,
+      caption_frames_per_clip: int = 8,
+      caption_batch_size: int = 8,
+      max_new_tokens: int = 64,
+      seed: int = 0,
+  ):
+    self.config = config
+    self.checkpoints = {"clip": clip, "llama": llama, "captioner": captioner}
+    self.embedding_key = embedding_key
+    self.device, self.dtype = device, dtype
+    self.clip_frames_per_clip = clip_frames_per_clip
+    self.caption_frames_per_clip = caption_frames_per_clip
+    self.caption_batch_size = caption_batch_size
+    self.max_new_tokens = max_new_tokens
+    self.seed = seed
+
+  def require(self, video: bool, text: bool) -> None:
+    """Fails before any model loads when a flag the run needs is missing."""
+    needs = [("clip", "a raw video's visual features")] * video
+    needs += [("clip", "encoding query text")] * text
+    if self.config.model.use_caption_context:
+      needs += [("llama", "the caption context (config.model.use_caption_context)")] * (
+          video or text
+      )
+      needs += [("captioner", "the captions of a raw video")] * video
+    for flag, purpose in needs:
+      if not self.checkpoints[flag]:
+        raise _missing(flag, purpose)
+
+  def _torch(self, half_on_gpu: bool) -> tuple[torch.device, torch.dtype]:
+    return runtime.resolve(
+        argparse.Namespace(device=self.device, dtype=self.dtype, half_on_gpu=half_on_gpu)
+    )
+
+  @functools.cached_property
+  def llama(self) -> LlamaEmbedder:
+    checkpoint = self.checkpoints["llama"]
+    embedder = _loaded(
+        "llama",
+        checkpoint,
+        "the caption context (config.model.use_caption_context)",
+        lambda c: LlamaEmbedder(c, self.embedding_key),
+    )
+    data = self.config.data
+    _check_dim(
+        "llama", checkpoint, "embeddings", embedder.dim, data.caption_dim, "data.caption_dim"
+    )
+    return embedder
+
+  @functools.cached_property
+  def clip_text(self) -> ClipTextEncoder:
+    checkpoint = self.checkpoints["clip"]
+    encoder = _loaded(
+        "clip",
+        checkpoint,
+        "encoding query text",
+        lambda c: ClipTextEncoder(c, *self._torch(half_on_gpu=False)),
+    )
+    dim = encoder.model.config.text_config.hidden_size
+    _check_dim("clip", checkpoint, "text tokens", dim, self.config.data.query_dim, "data.query_dim")
+    return encoder
+
+  @functools.cached_property
+  def clip_image(self) -> ClipImageEncoder:
+    checkpoint = self.checkpoints["clip"]
+    encoder = _loaded(
+        "clip",
+        checkpoint,
+        "a raw video's visual features",
+        lambda c: ClipImageEncoder(c, *self._torch(half_on_gpu=False)),
+    )
+    dim = encoder.model.config.projection_dim
+    trained = self.config.data.visual_dims[0]
+    _check_dim("clip", checkpoint, "image features", dim, trained, "data.visual_dims")
+    return encoder
+
+  @functools.cached_property
+  def captioner(self) -> Captioner:
+    return _loaded(
+        "captioner",
+        self.checkpoints["captioner"],
+        "the captions of a raw video",
+        lambda c: Captioner(
+            c,
+            *self._torch(half_on_gpu=True),
+            self.max_new_tokens,
+            self.caption_frames_per_clip,
+        ),
+    )
+
+  def query(self, text: str) -> predictor_lib.QueryInputs:
+    caption_tokens = None
+    if self.config.model.use_caption_context:
+      caption_tokens = self.llama.token_vectors(text)
+    return predictor_lib.query_inputs(self.config, text, self.clip_text(text), caption_tokens)
+
+  def write_video_features(self, video: str | os.PathLike, feat_root: str | os.PathLike, vid: str):
+    """Writes ``vid``'s feature files for ``video`` under ``feat_root`` (a file already there is
+    kept, as the preprocess CLIs resume) and returns the video's duration in seconds."""
+    predictor_lib.check_raw_video_config(self.config)
+    data, root = self.config.data, Path(feat_root)
+    clip_path = root / "clip_features" / f"{vid}.npz"
+    # loaded first, so that its own errors are not taken for the video's
+    encoder = None if clip_path.exists() else self.clip_image
+    try:
+      with ClipReader(video, data.clip_len, self.clip_frames_per_clip) as clips:
+        duration = clips.duration
+        if encoder is not None:
+          batches = io_utils.batched(clips, CLIP_BATCH_SIZE)
+          io_utils.save_npz(clip_path, features=np.concatenate([encoder(b) for b in batches]))
+    except (av.FFmpegError, ValueError) as e:
+      reason = (str(e).splitlines() or [""])[0][:300]
+      raise PredictError(f"{video}: unreadable video ({type(e).__name__}: {reason})") from None
+    if self.config.model.use_caption_context:
+      self._write_captions(Path(video), root, vid)
+    return duration
+
+  def _write_captions(self, video: Path, root: Path, vid: str) -> None:
+    """captions/{vid}.json, then caption_features/{vid}.npz, as preprocess.captions and
+    preprocess.text_features write them."""
+    captions_path = root / "captions" / f"{vid}.json"
+    features_path = root / "caption_features" / f"{vid}.npz"
+    if not captions_path.exists():
+      options = types.SimpleNamespace(
+          clip_len=self.config.data.caption_clip_len,
+          batch_size=self.caption_batch_size,
+          seed=self.seed,
+          model=self.checkpoints["captioner"],
+      )
+      record = captions_lib.caption_video(self.captioner, video, vid, options)
+      io_utils.save_json(captions_path, record)
+    if not features_path.exists():
+      with open(captions_path, encoding="utf-8") as f:
+        record = json.load(f)
+      io_utils.save_npz(
+          features_path,
+          features=np.stack([self.llama.mean_vector(c) for c in record["captions"]]).astype(
+              np.float32
+          ),
+          captions=np.array(record["captions"], dtype=str),
+          instructions=np.array(record["instructions"], dtype=str),
+      )
