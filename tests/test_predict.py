@@ -156,7 +156,9 @@ def test_features_give_evals_prediction(predict_cli, trained, predictor, tmp_pat
   )
 
 
-def test_raw_video_queries_share_its_features(predict_cli, trained, models, tmp_path, capsys, monkeypatch):
+def test_raw_video_queries_share_its_features(
+    predict_cli, trained, models, tmp_path, capsys, monkeypatch
+):
   config, workdir = trained
   write_video(tmp_path / "kitchen.mp4", 7)  # 4 clips of 2 s
   (tmp_path / "queries.txt").write_text("a woman talks to the camera\n\n")
@@ -191,7 +193,8 @@ def test_raw_video_queries_share_its_features(predict_cli, trained, models, tmp_
 
   # The saved files are a feature root: --features on them gives the same moments.
   status, out, err = run_cli(
-      predict_cli, capsys,
+      predict_cli,
+      capsys,
       f"--workdir={workdir}",
       f"--features={saved}",
       "--vid=kitchen",
@@ -279,7 +282,9 @@ def _workdir_with_config(trained, directory, **data):
         ("tokenless_query", "(Llama embedding tokens) has no tokens"),
     ],
 )
-def test_bad_inputs_are_one_line_errors(predict_cli, trained, models, tmp_path, capsys, case, message):
+def test_bad_inputs_are_one_line_errors(
+    predict_cli, trained, models, tmp_path, capsys, case, message
+):
   config, workdir = trained
   write_video(tmp_path / "v.mp4", 3)
   (tmp_path / "bad.mp4").write_bytes(b"\x00not a video" * 64)
