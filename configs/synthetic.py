@@ -5,8 +5,8 @@ r"""LMR on the synthetic context benchmark (the embedded default; CPU, minutes).
 
 The data (lmr_jax/data/synthetic.py) is written to data/synthetic on first use. Only the captions tell
 the target moment from its distractors, so LMR with caption context must beat the same model without it.
-Measured on val (2-core CPU, README "First run"): full model R1@0.5 87.47, R1@0.7 52.09, mAP 46.90
-(13 min); w/o caption context R1@0.5 15.32, R1@0.7 5.85, mAP 11.61 (6 min).
+Measured on val (2-core CPU, README "First run"): full model R1@0.5 87.47, R1@0.7 53.20, mAP 48.41
+(16 min; test 84.00 / 53.71 / 47.50); w/o caption context R1@0.5 14.48, R1@0.7 4.74, mAP 11.75 (9 min).
 
 Variants via `:arg`: "" (full model), "no_captions" (w/o VCE).
 """

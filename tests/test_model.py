@@ -7,6 +7,7 @@ import pytest
 
 from conftest import tiny_config
 from lmr_jax.data import dataset
+from lmr_jax.model import layers
 from lmr_jax.model.lmr import LMR
 
 
@@ -145,3 +146,29 @@ def test_dropout_only_in_training(setup):
   np.testing.assert_array_equal(a["pred_spans"], b["pred_spans"])
   _, c = _apply(config.model, batch, train=True)
   assert not jnp.allclose(a["pred_spans"], c["pred_spans"])
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.1, 0.0])
+def test_keep_mask_draws_the_configured_rate(rate):
+  keep, keep_prob = layers.keep_mask(jax.random.key(0), rate, (600, 257))
+  assert keep.shape == (600, 257) and keep.dtype == jnp.bool_
+  assert keep_prob == pytest.approx(1.0 - rate, abs=2**-16)  # exact at 8 bits, 2^-16 otherwise
+  assert float(keep.mean()) == pytest.approx(keep_prob, abs=0.005)  # 154k draws: ~6 sigma
+  other, _ = layers.keep_mask(jax.random.key(1), rate, (600, 257))
+  assert rate == 0.0 or not np.array_equal(keep, other)
+
+
+def test_input_features_are_normalised_without_parameters():
+  """The input LayerNorm has no scale/bias (the Dense after it absorbs them), so nothing below that
+  Dense needs a gradient; dropout scales the kept features by 1 / keep_prob."""
+  x = np.random.default_rng(0).normal(3.0, 2.0, (4, 7, 64)).astype(np.float32)
+  norm = layers.FeatureNorm(0.5)
+  variables = norm.init(jax.random.key(0), x, train=False)
+  assert not jax.tree.leaves(variables)
+  y = np.asarray(norm.apply(variables, x, train=False))
+  np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(y.std(-1), 1.0, atol=1e-3)
+  dropped = np.asarray(norm.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)}))
+  kept = dropped != 0
+  assert 0.4 < kept.mean() < 0.6
+  np.testing.assert_allclose(dropped[kept], 2.0 * y[kept], rtol=1e-5)

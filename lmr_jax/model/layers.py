@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -35,23 +34,28 @@ def inverse_sigmoid(x: jnp.ndarray, eps: float = 1e-3) -> jnp.ndarray:
 
 
 def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[jnp.ndarray, float]:
-  """A Bernoulli keep mask and its keep probability, ``1 - rate`` with ``rate`` rounded to 2^-16.
+  """A Bernoulli keep mask and its keep probability ``1 - rate``, with ``rate`` drawn at 8-bit
+  resolution when that is exact (0.5, 0.25, ...) and at 16-bit resolution (rounded to 2^-16) otherwise.
 
   jax.random's threefry costs ~5x more per element on CPU than XLA's RngBitGenerator, and ~60 M draws
   per QVHighlights train step (most on the 2818/4096-d input features) made it a fifth of the step; so
-  the mask comes from XLA's threefry, two 16-bit draws per 32-bit word.
+  the mask comes from XLA's threefry, four 8-bit or two 16-bit draws per 32-bit word.
   """
-  steps = min(round(rate * 2**16), 2**16 - 1)
+  bits_per_draw = 8 if float(rate * 2**8).is_integer() else 16
+  levels = 2**bits_per_draw
+  steps = min(round(rate * levels), levels - 1)
+  draws_per_word = 32 // bits_per_draw
   size = int(np.prod(shape))
   seed_u32x4 = jax.random.bits(rng, (4,), jnp.uint32)
   _, bits = jax.lax.rng_bit_generator(
       seed_u32x4,
-      ((size + 1) // 2,),
+      (-(-size // draws_per_word),),
       dtype=jnp.uint32,
       algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY,
   )
-  bits = jax.lax.bitcast_convert_type(bits, jnp.uint16).reshape(-1)[:size].reshape(shape)
-  return bits >= np.uint16(steps), 1.0 - steps / 2**16
+  draw_dtype = jnp.uint8 if bits_per_draw == 8 else jnp.uint16
+  bits = jax.lax.bitcast_convert_type(bits, draw_dtype).reshape(-1)[:size].reshape(shape)
+  return bits >= np.asarray(steps, draw_dtype), 1.0 - steps / levels
 
 
 class Dropout(nn.Module):
@@ -124,42 +128,13 @@ def _num_chunks(batch: int, logits_per_row: int, chunk_bytes: int = 3 << 20) -> 
   return batch
 
 
-def _normalize(x, epsilon):
-  """nn.LayerNorm's statistics (fast variance, clipped at 0): (x - mean) * rsqrt(var + eps)."""
-  mean = x.mean(-1, keepdims=True)
-  var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
-  return mean, jax.lax.rsqrt(var + epsilon)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _norm_dropout(x, keep, scale, bias, keep_prob, epsilon):
-  mean, rstd = _normalize(x, epsilon)
-  return jnp.where(keep, ((x - mean) * rstd * scale + bias) / keep_prob, 0.0)
-
-
-def _norm_dropout_fwd(x, keep, scale, bias, keep_prob, epsilon):
-  mean, rstd = _normalize(x, epsilon)
-  y = jnp.where(keep, ((x - mean) * rstd * scale + bias) / keep_prob, 0.0)
-  return y, (x, keep, mean, rstd)
-
-
-def _norm_dropout_bwd(keep_prob, epsilon, residuals, grad_y):
-  x, keep, mean, rstd = residuals
-  grad_z = jnp.where(keep, grad_y / keep_prob, 0.0)
-  reduce_axes = tuple(range(x.ndim - 1))
-  grad_scale = (grad_z * ((x - mean) * rstd)).sum(reduce_axes)
-  return None, None, grad_scale, grad_z.sum(reduce_axes)
-
-
-_norm_dropout.defvjp(_norm_dropout_fwd, _norm_dropout_bwd)
-
-
 class FeatureNorm(nn.Module):
-  """nn.LayerNorm then Dropout on input features, which are data: no gradient flows into them.
+  """Parameter-free LayerNorm, then Dropout, on input features, which are data.
 
-  Its backward computes only the scale and bias gradients, from the inputs and the row statistics;
-  left to autodiff, XLA kept normalised copies and broadcast statistics of the whole (B, L, 4096)
-  input alive for them and streamed them from memory.
+  Unlike QD-DETR's input LayerNorm it has no scale and bias: the Dense that follows absorbs them
+  (diag(scale) W is any matrix), and without them no gradient flows below that Dense, so the backward
+  pass skips the (B*L, 4096) input gradient and its elementwise passes, ~10 % of the QVHighlights
+  step's FLOPs (README, "Benchmark").
   """
 
   rate: float
@@ -167,14 +142,14 @@ class FeatureNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
     x = jax.lax.stop_gradient(x)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
+    normalized = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
     if not train or self.rate == 0.0:
-      mean, rstd = _normalize(x, self.epsilon)
-      return (x - mean) * rstd * scale + bias
+      return normalized
     keep, keep_prob = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
-    return _norm_dropout(x, keep, scale, bias, keep_prob, self.epsilon)
+    return jnp.where(keep, normalized / keep_prob, 0.0)
 
 
 class InputProjection(nn.Module):
@@ -186,7 +161,7 @@ class InputProjection(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = FeatureNorm(self.input_dropout, name="LayerNorm_0")(x, train=train)
+    x = FeatureNorm(self.input_dropout)(x, train=train)
     x = nn.relu(nn.Dense(self.hidden_dim)(x))
     x = nn.LayerNorm(name="LayerNorm_1")(x)
     x = Dropout(self.dropout, deterministic=not train)(x)

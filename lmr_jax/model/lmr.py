@@ -120,7 +120,7 @@ class LMR(nn.Module):
     sal_token, memory = x[:, 0], x[:, 1:]
     # A clip's token for saliency sums its streams' tokens (visual and caption), so the clip's
     # caption speaks for it directly, not only through attention.
-    clips = sum(memory[:, i * num_clips:(i + 1) * num_clips] for i in range(len(tokens)))
+    clips = sum(memory[:, i * num_clips : (i + 1) * num_clips] for i in range(len(tokens)))
     saliency = jnp.einsum(
         "bd,bld->bl", self.saliency_query_proj(sal_token), self.saliency_clip_proj(clips)
     ) / jnp.sqrt(cfg.hidden_dim)
