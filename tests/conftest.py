@@ -48,6 +48,18 @@ def tiny_data_root(tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_data_root, tmp_path_factory):
+  """(config, workdir, final metrics) of one training run of configs/tiny.py on the session's 4
+  devices (2 epochs, a checkpoint every 3 steps and per epoch), shared by the tests that read a trained
+  workdir without changing it."""
+  from lmr_jax.training import trainer  # noqa: PLC0415 - after the JAX settings above
+
+  config = tiny_config(tiny_data_root)
+  workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
+  return config, workdir, trainer.train_and_evaluate(config, workdir)
+
+
 def tiny_config(root: str, arg: str = ""):
   """configs/tiny.py pointed at ``root`` (unlocked so tests can change fields)."""
   from configs import tiny
@@ -109,4 +121,3 @@ def entry_point(script: str):
     for name in set(flags.FLAGS) - before:
       delattr(flags.FLAGS, name)
     flags.FLAGS.unparse_flags()
-

@@ -6,13 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
 
 from lmr_jax.data import dataset
 from lmr_jax.evaluation import qvh_metrics, run_eval
 from lmr_jax.evaluation.cqval import GRID, load_spacy
 from lmr_jax.evaluation.submission import read_submission
-from lmr_jax.training import trainer
 from lmr_jax.training.checkpoint import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,12 +27,8 @@ OFFICIAL_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_root, tmp_path_factory):
-  """(config, workdir) of one tiny training run (2 epochs, a checkpoint every 3 steps and per epoch)."""
-  config = tiny_config(tiny_data_root)
-  workdir = str(tmp_path_factory.mktemp("eval_workdir"))
-  trainer.train_and_evaluate(config, workdir)
-  return config, workdir
+def trained(tiny_trained):
+  return tiny_trained[:2]
 
 
 @pytest.fixture(scope="module")

@@ -44,13 +44,13 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_data_root, tmp_path_factory):
-  """{name: (config, workdir, final metrics)} of one epoch on 1 device, 4 devices, 4 devices FSDP."""
+def runs(tiny_data_root, tiny_trained, tmp_path_factory):
+  """{name: (config, workdir, final metrics)} of the tiny config on 1 device, 4 devices (the session's
+  shared run) and 4 devices FSDP."""
   assert jax.device_count() == 4
-  results = {}
-  for name, num_devices, fsdp in (("one", 1, False), ("four", 4, False), ("fsdp", 4, True)):
+  results = {"four": tiny_trained}
+  for name, num_devices, fsdp in (("one", 1, False), ("fsdp", 4, True)):
     config = tiny_config(tiny_data_root)
-    config.num_epochs = 1
     config.num_devices = num_devices
     config.fsdp = fsdp
     workdir = str(tmp_path_factory.mktemp(name))

@@ -19,14 +19,9 @@ from lmr_jax.training import trainer
 from lmr_jax.visualization import PlotError, attention, plots
 
 
-
 @pytest.fixture(scope="module")
-def trained(tiny_data_root, tmp_path_factory):
-  """(config, workdir) of one tiny training run, as tests/test_eval.py trains it."""
-  config = tiny_config(tiny_data_root)
-  workdir = str(tmp_path_factory.mktemp("plots_workdir"))
-  trainer.train_and_evaluate(config, workdir)
-  return config, workdir
+def trained(tiny_trained):
+  return tiny_trained[:2]
 
 
 @pytest.fixture(scope="module")
