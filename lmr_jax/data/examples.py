@@ -44,6 +44,30 @@ def _mask(n: int, length: int) -> np.ndarray:
   return np.arange(length) < n
 
 
+def model_inputs(
+    visual_LxDv: np.ndarray,
+    tokens_TxDq: np.ndarray,
+    caption_LxDc: np.ndarray | None,
+    caption_tokens_TxDc: np.ndarray | None,
+    max_clips: int,
+    max_tokens: int,
+) -> dict[str, np.ndarray]:
+  """What the model reads of one (video, query) pair, padded to the maxima with masks; the caption
+  entries only when ``caption_LxDc`` is given. Training, evaluation and predict all build it here.
+  """
+  inputs = {
+      "video_feats": _pad(visual_LxDv, max_clips),
+      "video_mask": _mask(len(visual_LxDv), max_clips),
+      "query_feats": _pad(tokens_TxDq, max_tokens),
+      "query_mask": _mask(len(tokens_TxDq), max_tokens),
+  }
+  if caption_LxDc is not None:
+    inputs["caption_feats"] = _pad(caption_LxDc, max_clips)
+    inputs["caption_query_feats"] = _pad(caption_tokens_TxDc, max_tokens)
+    inputs["caption_query_mask"] = _mask(len(caption_tokens_TxDc), max_tokens)
+  return inputs
+
+
 class ExampleSource:
   """Random access to padded examples of one split (``len`` and ``example(i, rng)``).
 
@@ -123,24 +147,22 @@ class ExampleSource:
           else np.arange(self.max_windows)
       )
       windows = windows[np.sort(keep)]
-    tokens = self._query_tokens(ann.qid, False)
-    out = {
-        "video_feats": _pad(video.visual, max_clips),
-        "video_mask": _mask(num_clips, max_clips),
-        "query_feats": _pad(tokens, max_tokens),
-        "query_mask": _mask(len(tokens), max_tokens),
-        "windows": _pad(windows / duration, self.max_windows).astype(np.float32),
-        "window_mask": _mask(len(windows), self.max_windows),
-        "saliency": _pad(self._saliency(ann, windows, num_clips), max_clips),
-        "duration": np.float32(duration),
-        "qid": np.int32(ann.qid),
-        "example_mask": np.bool_(True),
-    }
-    if self.with_captions:
-      caption_tokens = self._query_tokens(ann.qid, True)
-      out["caption_feats"] = _pad(video.caption, max_clips)
-      out["caption_query_feats"] = _pad(caption_tokens, max_tokens)
-      out["caption_query_mask"] = _mask(len(caption_tokens), max_tokens)
+    out = model_inputs(
+        video.visual,
+        self._query_tokens(ann.qid, False),
+        video.caption if self.with_captions else None,
+        self._query_tokens(ann.qid, True) if self.with_captions else None,
+        max_clips,
+        max_tokens,
+    )
+    out.update(
+        windows=_pad(windows / duration, self.max_windows).astype(np.float32),
+        window_mask=_mask(len(windows), self.max_windows),
+        saliency=_pad(self._saliency(ann, windows, num_clips), max_clips),
+        duration=np.float32(duration),
+        qid=np.int32(ann.qid),
+        example_mask=np.bool_(True),
+    )
     return out
 
   def _saliency(self, ann: QueryAnnotation, windows_sec: np.ndarray, num_clips: int) -> np.ndarray:

@@ -301,23 +301,20 @@ def _moments_in_seconds(
 def _example(
     config: ml_collections.ConfigDict, video: VideoInputs, start: int, query: QueryInputs
 ) -> dict[str, np.ndarray]:
-  """The model inputs of one window and query, padded and masked as ExampleSource.example does."""
-  max_clips, max_tokens = config.data.max_clips, config.data.max_query_tokens
-  end = min(start + max_clips, video.num_clips)
+  """The model inputs of one window and query, built as ExampleSource.example builds them."""
+  end = min(start + config.data.max_clips, video.num_clips)
   visual = video.visual[start:end]
   if config.data.use_tef:
     visual = np.concatenate([visual, features_lib.temporal_endpoints(end - start)], axis=1)
-  example = {
-      "video_feats": examples_lib._pad(visual, max_clips),
-      "video_mask": examples_lib._mask(end - start, max_clips),
-      "query_feats": examples_lib._pad(query.tokens, max_tokens),
-      "query_mask": examples_lib._mask(len(query.tokens), max_tokens),
-  }
-  if config.model.use_caption_context:
-    example["caption_feats"] = examples_lib._pad(video.caption[start:end], max_clips)
-    example["caption_query_feats"] = examples_lib._pad(query.caption_tokens, max_tokens)
-    example["caption_query_mask"] = examples_lib._mask(len(query.caption_tokens), max_tokens)
-  return example
+  with_captions = config.model.use_caption_context
+  return examples_lib.model_inputs(
+      visual,
+      query.tokens,
+      video.caption[start:end] if with_captions else None,
+      query.caption_tokens if with_captions else None,
+      config.data.max_clips,
+      config.data.max_query_tokens,
+  )
 
 
 def _blank_video(config: ml_collections.ConfigDict) -> VideoInputs:
