@@ -64,6 +64,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return args
 
 
+def write_caption_features(captions_path: Path, out_path: Path, llama: LlamaEmbedder) -> None:
+  """caption_features/{vid}.npz from captions/{vid}.json: each caption's mean Llama embedding vector,
+  with the captions and their instructions."""
+  with open(captions_path, encoding="utf-8") as f:
+    record = json.load(f)
+  io_utils.save_npz(
+      out_path,
+      features=np.stack([llama.mean_vector(c) for c in record["captions"]]).astype(np.float32),
+      captions=np.array(record["captions"], dtype=str),
+      instructions=np.array(record["instructions"], dtype=str),
+  )
+
+
 def caption_features(
     args: argparse.Namespace, embedder: Callable[[], LlamaEmbedder]
 ) -> io_utils.RunReport:
@@ -79,14 +92,7 @@ def caption_features(
     return args.out / "caption_features" / f"{vid}.npz"
 
   def work(vid: str, llama: LlamaEmbedder) -> None:
-    with open(captions_dir / f"{vid}.json", encoding="utf-8") as f:
-      record = json.load(f)
-    io_utils.save_npz(
-        out_path(vid),
-        features=np.stack([llama.mean_vector(c) for c in record["captions"]]).astype(np.float32),
-        captions=np.array(record["captions"], dtype=str),
-        instructions=np.array(record["instructions"], dtype=str),
-    )
+    write_caption_features(captions_dir / f"{vid}.json", out_path(vid), llama)
 
   return io_utils.run_keys("caption_features", vids, out_path, embedder, work, logger)
 

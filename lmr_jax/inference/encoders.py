@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import types
 from pathlib import Path
@@ -28,7 +27,7 @@ from preprocess import io_utils, runtime
 from preprocess.captioners import Captioner
 from preprocess.clip_features import ClipImageEncoder
 from preprocess.llama_embedding import EMBEDDING_KEY, LlamaEmbedder
-from preprocess.text_features import ClipTextEncoder
+from preprocess.text_features import ClipTextEncoder, write_caption_features
 from preprocess.video_io import ClipReader
 
 CLIP_BATCH_SIZE = 64  # clips per CLIP forward pass, preprocess.clip_features' default
@@ -211,13 +210,4 @@ class Encoders:
       record = captions_lib.caption_video(self.captioner, video, vid, options)
       io_utils.save_json(captions_path, record)
     if not features_path.exists():
-      with open(captions_path, encoding="utf-8") as f:
-        record = json.load(f)
-      io_utils.save_npz(
-          features_path,
-          features=np.stack([self.llama.mean_vector(c) for c in record["captions"]]).astype(
-              np.float32
-          ),
-          captions=np.array(record["captions"], dtype=str),
-          instructions=np.array(record["instructions"], dtype=str),
-      )
+      write_caption_features(captions_path, features_path, self.llama)
