@@ -79,10 +79,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
-def visual_dim(data: ml_collections.ConfigDict) -> int:
-  return sum(data.visual_dims) + (2 if data.use_tef else 0)
-
-
 def random_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
   """A batch with the pipeline's keys, shapes and dtypes; random features, realistic masks."""
   data = config.data
@@ -97,7 +93,8 @@ def random_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str,
   )
   features = lambda *shape: rng.standard_normal(shape, np.float32)  # noqa: E731
   batch = {
-      "video_feats": features(batch_size, clips, visual_dim(data)) * video_mask_BxL[..., None],
+      "video_feats": features(batch_size, clips, dataset.feature_spec(data).video_dim)
+      * video_mask_BxL[..., None],
       "video_mask": video_mask_BxL,
       "query_feats": features(batch_size, tokens, data.query_dim) * query_mask_BxT[..., None],
       "query_mask": query_mask_BxT,
