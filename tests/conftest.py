@@ -8,6 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
+import json  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -58,6 +59,36 @@ def tiny_trained(tiny_data_root, tmp_path_factory):
   config = tiny_config(tiny_data_root)
   workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
   return config, workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def restore_checkpoint(config, workdir: str, which: str = "latest", num_devices: int | None = None):
+  """(train state, DataPosition) of ``which`` checkpoint ('latest', 'best' or a step) of ``workdir``,
+  laid out for ``config`` on ``num_devices`` devices (default ``config.num_devices``)."""
+  from lmr_jax.data import dataset  # noqa: PLC0415 - after the JAX settings above
+  from lmr_jax.training import checkpoint as checkpoint_lib  # noqa: PLC0415
+  from lmr_jax.training import parallel  # noqa: PLC0415
+  from lmr_jax.training import train_step as train_step_lib  # noqa: PLC0415
+  from lmr_jax.training import trainer  # noqa: PLC0415
+
+  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
+  model = trainer.build_model(config)
+  tx, _ = train_step_lib.make_optimizer(config.optim, 1)
+  mesh = parallel.make_mesh(config.num_devices if num_devices is None else num_devices)
+  abstract, _ = trainer.sharded_state_layout(
+      config, model, tx, mesh, trainer.example_batch(source, config.batch_size)
+  )
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+  try:
+    return checkpointer.restore(which, abstract)
+  finally:
+    checkpointer.close()
+
+
+def logged_train_losses(workdir: str) -> dict[int, float]:
+  """{step: train loss} of ``workdir``'s metrics log; the last record of a step wins (steps re-run
+  after a kill are logged again)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
 def tiny_config(root: str, arg: str = ""):

@@ -1,7 +1,6 @@
 """Faults: kill -9 at random points and SIGTERM, then the same command, end bit-identical to a run never
 interrupted; unreadable checkpoints are skipped with a warning, never loaded."""
 
-import json
 import os
 import random
 import shutil
@@ -13,11 +12,16 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, child_environment, tiny_config, train_command
+from conftest import (
+    REPO,
+    child_environment,
+    logged_train_losses,
+    restore_checkpoint,
+    tiny_config,
+    train_command,
+)
 from lmr_jax.data import dataset, pipeline
 from lmr_jax.training import checkpoint as checkpoint_lib
-from lmr_jax.training import parallel
-from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import trainer
 
 
@@ -56,31 +60,6 @@ def _training_started(log_path):
 def _checkpoint_in_flight(workdir):
   directory = os.path.join(workdir, "checkpoints")
   return os.path.isdir(directory) and any("tmp" in name for name in os.listdir(directory))
-
-
-def _restore(config, workdir, which="latest"):
-  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  model = trainer.build_model(config)
-  tx, _ = train_step_lib.make_optimizer(config.optim, 1)
-  abstract, _ = trainer.sharded_state_layout(
-      config,
-      model,
-      tx,
-      parallel.make_mesh(config.num_devices),
-      trainer.example_batch(source, config.batch_size),
-  )
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
-  try:
-    return checkpointer.restore(which, abstract)
-  finally:
-    checkpointer.close()
-
-
-def _last_losses(workdir):
-  """{step: train loss} of the metrics log, the last record of a step winning (steps re-run after a
-  kill are logged again)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +108,12 @@ def test_kill_and_sigterm_then_resume_match_an_uninterrupted_run(
   finally:
     log.close()
 
-  state_ref, position_ref = _restore(config, reference_dir)
-  state, position = _restore(config, workdir)
+  state_ref, position_ref = restore_checkpoint(config, reference_dir)
+  state, position = restore_checkpoint(config, workdir)
   assert position == position_ref and int(state.step) == int(state_ref.step)
   for a, b in zip(jax.tree.leaves(state_ref), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert _last_losses(workdir) == _last_losses(reference_dir)
+  assert logged_train_losses(workdir) == logged_train_losses(reference_dir)
 
 
 def _damage_metadata(step_dir):
@@ -170,7 +149,7 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
   os.makedirs(os.path.join(checkpoints, f"{steps[-1] + 1}.orbax-checkpoint-tmp-1"))
 
   with caplog.at_level("WARNING"):
-    state, position = _restore(config, workdir)
+    state, position = restore_checkpoint(config, workdir)
   assert int(state.step) == steps[-2]
   source = dataset.example_source(config.data, "train", with_captions=True, training=True)
   steps_per_epoch = pipeline.steps_per_epoch(len(source), config.batch_size)
@@ -183,8 +162,8 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
 
   # Training resumes from the readable step and writes the skipped step anew.
   trainer.train_and_evaluate(config, workdir)
-  state, _ = _restore(config, workdir)
-  reference_state, _ = _restore(config, reference_dir)
+  state, _ = restore_checkpoint(config, workdir)
+  reference_state, _ = restore_checkpoint(config, reference_dir)
   for a, b in zip(jax.tree.leaves(reference_state), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -196,4 +175,4 @@ def test_unreadable_named_checkpoint_is_a_one_line_error(uninterrupted, tmp_path
   step = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
   _damage_metadata(os.path.join(workdir, "checkpoints", str(step)))
   with pytest.raises(checkpoint_lib.UnreadableCheckpointError, match=r"unreadable checkpoint"):
-    _restore(config, workdir, which=str(step))
+    restore_checkpoint(config, workdir, str(step))

@@ -10,37 +10,21 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, child_environment, tiny_config, train_command
-from lmr_jax.data import dataset
-from lmr_jax.training import checkpoint as checkpoint_lib
+from conftest import (
+    REPO,
+    child_environment,
+    logged_train_losses,
+    restore_checkpoint,
+    tiny_config,
+    train_command,
+)
 from lmr_jax.training import parallel
-from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import trainer
 
 # Splitting the batch over devices reorders the float sums of the losses and gradients; a few Adam
 # steps keep that at float32 round-off (observed differences are ~1e-7), far below a real change.
 LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
-
-
-def _restore(config, workdir, num_devices):
-  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  model = trainer.build_model(config)
-  tx, _ = train_step_lib.make_optimizer(config.optim, 1)
-  mesh = parallel.make_mesh(num_devices)
-  abstract, _ = trainer.sharded_state_layout(
-      config, model, tx, mesh, trainer.example_batch(source, config.batch_size)
-  )
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
-  try:
-    return checkpointer.restore("latest", abstract)[0]
-  finally:
-    checkpointer.close()
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +46,17 @@ def runs(tiny_data_root, tiny_trained, tmp_path_factory):
 def test_four_devices_train_like_one(runs, name):
   config, one_dir, one_metrics = runs["one"]
   _, other_dir, other_metrics = runs[name]
-  one_losses, other_losses = _losses(one_dir), _losses(other_dir)
+  one_losses, other_losses = logged_train_losses(one_dir), logged_train_losses(other_dir)
   assert one_losses.keys() == other_losses.keys() and len(one_losses) >= 3
   np.testing.assert_allclose(
       [other_losses[s] for s in sorted(one_losses)],
       [one_losses[s] for s in sorted(one_losses)],
       rtol=LOSS_RTOL,
   )
-  one_state = _restore(config, one_dir, 1)
-  other_state = _restore(runs[name][0], other_dir, 1)  # saved on 4 devices, restored on 1
+  one_state = restore_checkpoint(config, one_dir, num_devices=1)[0]
+  other_state = restore_checkpoint(runs[name][0], other_dir, num_devices=1)[
+      0
+  ]  # saved on 4 devices, restored on 1
   assert int(one_state.step) == int(other_state.step) > 0
   for a, b in zip(jax.tree.leaves(one_state.params), jax.tree.leaves(other_state.params)):
     assert len(b.sharding.device_set) == 1
@@ -82,7 +68,7 @@ def test_four_devices_train_like_one(runs, name):
 
 def test_fsdp_shards_the_state_and_restores_sharded(runs):
   config, workdir, _ = runs["fsdp"]
-  state = _restore(config, workdir, 4)
+  state = restore_checkpoint(config, workdir, num_devices=4)[0]
   kernels = [p for p in jax.tree.leaves(state.params) if p.ndim == 2 and p.shape[0] % 4 == 0]
   assert kernels and all(len(k.sharding.device_set) == 4 for k in kernels)
   assert all(not k.sharding.is_fully_replicated for k in kernels)
@@ -148,14 +134,16 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(runs, tmp_p
     steps = [r["step"] for r in map(json.loads, f) if "train/loss" in r]
   assert len(steps) == len(set(steps))  # process 0 alone writes the log
   assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 1
-  four_losses, two_host_losses = _losses(four_dir), _losses(workdir)
+  four_losses, two_host_losses = logged_train_losses(four_dir), logged_train_losses(workdir)
   assert four_losses.keys() == two_host_losses.keys()
   np.testing.assert_allclose(
       [two_host_losses[s] for s in sorted(four_losses)],
       [four_losses[s] for s in sorted(four_losses)],
       rtol=LOSS_RTOL,
   )
-  four_state = _restore(config, four_dir, 1)
-  two_host_state = _restore(config, workdir, 1)  # written by 2 processes, restored by 1 on 1 device
+  four_state = restore_checkpoint(config, four_dir, num_devices=1)[0]
+  two_host_state = restore_checkpoint(config, workdir, num_devices=1)[
+      0
+  ]  # written by 2 processes, restored by 1 on 1 device
   for a, b in zip(jax.tree.leaves(four_state.params), jax.tree.leaves(two_host_state.params)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL)

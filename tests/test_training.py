@@ -1,6 +1,5 @@
 """Train step, exact resume from orbax checkpoints, and the stop on a non-finite loss."""
 
-import json
 import os
 
 import jax
@@ -9,9 +8,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import tiny_config
+from conftest import logged_train_losses, restore_checkpoint, tiny_config
 from lmr_jax.data import dataset, pipeline
-from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import trainer
 
@@ -32,23 +30,6 @@ def test_train_steps_decrease_loss_on_a_fixed_batch(tiny_data_root):
     losses.append(float(metrics["loss"]))
   assert int(state.step) == 8
   assert losses[-1] < 0.8 * losses[0], losses
-
-
-def _restore_latest(config, workdir):
-  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  model = trainer.build_model(config)
-  tx, _ = train_step_lib.make_optimizer(config.optim, 1)
-  abstract = trainer.init_state(config, model, tx, trainer.example_batch(source, config.batch_size))
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
-  try:
-    return checkpointer.restore("latest", abstract)
-  finally:
-    checkpointer.close()
-
-
-def _train_log(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
 def _tensorboard_scalars(workdir):
@@ -77,7 +58,7 @@ def test_resume_continues_exactly(tiny_data_root, tmp_path, capsys):
   scalars = _tensorboard_scalars(straight)
   for tag in ("train/loss", "train/span_l1", "train/saliency_inter_video", "lr", "val/MR-full-mAP"):
     assert tag in scalars, sorted(scalars)
-  assert scalars["train/loss"] == pytest.approx(_train_log(straight), rel=1e-6)
+  assert scalars["train/loss"] == pytest.approx(logged_train_losses(straight), rel=1e-6)
   assert len(scalars["val/MR-full-mAP"]) == config.num_epochs
   resumed = str(tmp_path / "resumed")
   config.num_epochs = 1
@@ -85,13 +66,13 @@ def test_resume_continues_exactly(tiny_data_root, tmp_path, capsys):
   config.num_epochs = 2
   final_metrics = trainer.train_and_evaluate(config, resumed)
 
-  state_a, position_a = _restore_latest(config, straight)
-  state_b, position_b = _restore_latest(config, resumed)
+  state_a, position_a = restore_checkpoint(config, straight)
+  state_b, position_b = restore_checkpoint(config, resumed)
   assert position_a == position_b == pipeline.DataPosition(epoch=2, step=0)
   assert int(state_a.step) == int(state_b.step)
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_array_equal(a, b)
-  log_a, log_b = _train_log(straight), _train_log(resumed)
+  log_a, log_b = logged_train_losses(straight), logged_train_losses(resumed)
   assert log_a == log_b  # same losses at every logged step, before and after the restart
   assert "MR-full-mAP" in final_metrics["brief"]
 
@@ -115,6 +96,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
   with pytest.raises(trainer.NonFiniteLossError, match="at step 5"):
     trainer.train_and_evaluate(config, workdir)
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == [3]
-  state, position = _restore_latest(config, workdir)
+  state, position = restore_checkpoint(config, workdir)
   assert int(state.step) == 3 and position == pipeline.DataPosition(0, 3)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
