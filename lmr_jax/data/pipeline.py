@@ -1,9 +1,9 @@
 """tf.data input pipelines over an ``ExampleSource``: seeded, per-process sharded, resumable.
 
 The training order is a pure function of (seed, epoch): epoch ``e`` visits the permutation
-``default_rng([seed, e])``, each process takes its contiguous share of every global batch, and a run resumed at
-(epoch, step) rebuilds that epoch and starts at its ``step``-th batch, so a resumed run sees exactly the
-batches an uninterrupted one would. Evaluation keeps every query: the last batch is padded and
+``default_rng([seed, e])``, each process takes its contiguous share of every global batch, and a run
+resumed at (epoch, step) rebuilds that epoch and starts at its ``step``-th batch, so a resumed run sees
+exactly the batches an uninterrupted one would. Evaluation keeps every query: the last batch is padded and
 ``example_mask`` marks the real rows.
 """
 
