@@ -2,13 +2,17 @@ r"""LMR on the synthetic context benchmark (the embedded default; CPU, minutes).
 
   python train.py --config=configs/synthetic.py --workdir=workdir/synthetic
   python train.py --config=configs/synthetic.py:no_captions --workdir=workdir/synthetic_no_captions
+  python train.py --config=configs/synthetic.py:eq5 --workdir=workdir/synthetic_eq5
 
 The data (lmr_jax/data/synthetic.py) is written to data/synthetic on first use. Only the captions tell
 the target moment from its distractors, so LMR with caption context must beat the same model without it.
-Measured on val (2-core CPU, README "First run"): full model R1@0.5 87.47, R1@0.7 53.20, mAP 48.41
-(16 min; test 84.00 / 53.71 / 47.50); w/o caption context R1@0.5 14.48, R1@0.7 4.74, mAP 11.75 (9 min).
+Measured (2-core CPU, 2026-12-03, README "First run"): full model val R1@0.5 98.05, R1@0.7 93.87,
+mAP 77.61 (test 97.43 / 93.43 / 77.54); w/o caption context val 41.23 / 39.55 / 51.32; the paper's
+Eq. 5 saliency (`:eq5`) val 40.67 / 38.72 / 45.85. About 17 min of training each
+(shared CPU).
 
-Variants via `:arg`: "" (full model), "no_captions" (w/o VCE).
+Variants via `:arg`: "" (full model), "no_captions" (w/o VCE), "eq5" (saliency by the paper's Eq. 5
+over the video tokens; the default here also reads each clip's caption token, see get_config).
 """
 
 import ml_collections
@@ -42,7 +46,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.eval_every_epochs = 5
   config.checkpoint_every_steps = 500
 
-  variants = {"": {}, "no_captions": {"use_caption_context": False}}
+  # The one model setting that is not the paper's, and why (README "First run"): Eq. 5 scores the
+  # video tokens, but here the visual features carry no scene by construction, so a visual token
+  # learns its clip's scene only by attending to the caption tokens; in this short schedule it does
+  # not (Eq. 5 as written: val HL Hit1 41 %, chance; R1@0.5 40.67, chance among the look-alikes).
+  # Scoring each clip's visual + caption token gives the saliency losses a direct path into the
+  # caption VQF. configs/qvh.py and configs/charades.py keep Eq. 5 ("video").
+  config.model.saliency_tokens = "sum"
+
+  variants = {
+      "": {},
+      "no_captions": {"use_caption_context": False},
+      "eq5": {"saliency_tokens": "video"},  # the paper's Eq. 5 on this benchmark
+  }
   if arg not in variants:
     raise ValueError(f"unknown synthetic variant '{arg}', choose from {sorted(variants)}")
   config.model.update(variants[arg])

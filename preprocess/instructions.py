@@ -1,7 +1,8 @@
-"""The caption instructions of LMR's Video Context Enhancement (paper Sec. III-B, Table I) and their sampler.
+"""The caption instructions of LMR's Video Context Enhancement (paper Sec. III-B) and their sampler.
 
-Each clip is captioned with one instruction drawn uniformly at random from the list. The draw for a video
-depends only on (seed, vid), never on sharding, batching or which videos were already done, so a resumed or
+TABLE_I is the paper's Table I (arXiv 2405.12540), word for word and in its order. Each clip is
+captioned with one instruction drawn uniformly at random from the list. The draw for a video depends
+only on (seed, vid), never on sharding, batching or which videos were already done, so a resumed or
 re-sharded run asks the same question about the same clip.
 """
 
@@ -13,23 +14,23 @@ import numpy as np
 
 TABLE_I = (
     "Describe the following video concisely.",
-    "Provide a brief description of the given video clip.",
-    "Offer a succinct explanation of the footage presented.",
+    "Present a brief overview of the provided video.",
+    "Provide a concise description of the given video.",
+    "Convey a short narrative summarizing the provided video.",
     "Summarize the visual content of the following video.",
-    "Give a short and clear explanation of the subsequent video clip.",
-    "Share a concise interpretation of the video provided.",
-    "Present a compact description of the clip's key features.",
-    "Relay a brief, clear account of the video shown.",
-    "Render a clear and concise summary of the video below.",
-    "Write a terse but informative summary of the following video clip.",
+    "Deliver a compact portrayal of the presented video.",
+    "Furnish a concise explanation of the given video.",
+    "Supply a brief account of the provided video.",
+    "Narrate the contents of the video with precision.",
+    "Offer a succinct analysis of the given video.",
 )
 
 
 def sample_instructions(seed: int, vid: str, num_clips: int) -> list[str]:
   """One Table I instruction per clip of video `vid`, in clip order.
 
-  The generator is seeded with (seed, sha256(vid)): Python's hash() is salted per process, so it would
-  give different instructions on every run.
+  The generator is seeded with (seed, sha256(vid)): Python's hash() is salted per process, so it
+  would give different instructions on every run.
   """
   vid_key = int.from_bytes(hashlib.sha256(vid.encode("utf-8")).digest()[:8], "little")
   rng = np.random.default_rng([seed, vid_key])

@@ -7,6 +7,8 @@ With --llama (frozen embedding layer only, see llama_embedding.py):
   caption_features/{vid}.npz          "features" float32 (L, Dc): per clip, the mean token vector of its
                                       caption; "captions", "instructions" str (L,), from captions/{vid}.json
   caption_query_features/qid{q}.npz   "last_hidden_state" float32 (Lq, Dc): the query's token vectors
+                                      (the caption VQF's query tokens; on Charades-STA, the paper's
+                                      setting, the visual VQF's as well: configs/charades.py)
 With --clip:
   clip_text_features/qid{q}.npz       "last_hidden_state" float32 (Lq, 512 for ViT-B/32): the CLIP text
                                       encoder's final (layer-normed, unprojected) token states, start and end

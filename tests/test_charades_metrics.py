@@ -1,4 +1,5 @@
-"""Charades-STA R@k / mIoU on hand-computed cases, and the CLI's --dataset charades."""
+"""Charades-STA R@k / mIoU / mAP on hand-computed cases, mAP against the QVHighlights evaluator, and
+the CLI's --dataset charades."""
 
 import json
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from lmr_jax.evaluate import main
+from lmr_jax.evaluation import qvh_metrics
 from lmr_jax.evaluation.charades_metrics import eval_charades, top_k_ious
 from lmr_jax.evaluation.submission import SubmissionError, write_jsonl
 
@@ -41,7 +43,14 @@ def test_top_k_ious_pads_missing_ranks():
   )
 
 
-def test_recall_at_k_and_miou_by_hand():
+# AP per query over the ten thresholds 0.5, 0.55, ..., 0.95 (the first 10 windows, in score order):
+#   qid 1: rank 1 is exact -> 1 at every threshold.
+#   qid 2: rank 2 (IoU 0.8) is the first hit up to 0.8 -> precision 1/2 at full recall, AP 1/2;
+#          above 0.8 only rank 6 (exact) hits -> AP 1/6.
+#   qid 3: IoU 0.5 -> AP 1 at 0.5, 0 above.
+# mAP@0.5 = (1 + 1/2 + 1) / 3; mAP@0.75 = (1 + 1/2 + 0) / 3;
+# mAP = mean over thresholds of [5/6, 1/2 (x6: 0.55..0.8), 7/18 (x3: 0.85..0.95)] = 1/2.
+def test_recall_at_k_miou_and_map_by_hand():
   assert eval_charades(SUBMISSION, GROUND_TRUTH) == {
       "brief": {
           "R1@0.3": 66.67,
@@ -51,8 +60,45 @@ def test_recall_at_k_and_miou_by_hand():
           "R5@0.5": 100.0,
           "R5@0.7": 66.67,
           "mIoU": 50.0,
+          "mAP@0.5": 83.33,
+          "mAP@0.75": 50.0,
+          "mAP": 50.0,
       }
   }
+
+
+def _random_single_window_data(seed, num_queries=40):
+  """Charades-like records: one GT window per query, 1-12 predicted windows sorted by score."""
+  rng = np.random.default_rng(seed)
+  submission, ground_truth = [], []
+  for qid in range(num_queries):
+    duration = float(rng.uniform(10, 40))
+    start = float(rng.uniform(0, duration - 2))
+    end = float(rng.uniform(start + 1, duration))
+    ground_truth.append(_gt(qid, [[round(start, 2), round(end, 2)]]))
+    starts = rng.uniform(0, duration, size=int(rng.integers(1, 13)))
+    ends = np.minimum(starts + rng.uniform(0.5, 15, size=starts.shape), duration)
+    scores = np.sort(rng.uniform(size=starts.shape))[::-1]
+    windows = [[round(a, 2), round(b, 2), round(c, 4)] for a, b, c in zip(starts, ends, scores)]
+    submission.append(_pred(qid, windows))
+  return submission, ground_truth
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1])
+def test_map_equals_the_qvh_evaluators_full_map(seed):
+  """seed None: the hand-made case; otherwise random single-window data."""
+  if seed is None:
+    submission, ground_truth = SUBMISSION, GROUND_TRUTH
+  else:
+    submission, ground_truth = _random_single_window_data(seed)
+  charades = eval_charades(submission, ground_truth)["brief"]
+  qvh = qvh_metrics.eval_submission(submission, ground_truth)["brief"]
+  assert charades["mAP"] > 0
+  assert (charades["mAP@0.5"], charades["mAP@0.75"], charades["mAP"]) == (
+      qvh["MR-full-mAP@0.5"],
+      qvh["MR-full-mAP@0.75"],
+      qvh["MR-full-mAP"],
+  )
 
 
 def test_more_than_one_gt_window_is_rejected():
@@ -81,6 +127,9 @@ def test_cli_charades(tmp_path, capsys):
       "R5@0.5": "100.00",
       "R5@0.7": "66.67",
       "mIoU": "50.00",
+      "mAP@0.5": "83.33",
+      "mAP@0.75": "50.00",
+      "mAP": "50.00",
   }
   with open(tmp_path / "preds_metrics.json") as f:
     assert json.load(f)["brief"]["mIoU"] == 50.0

@@ -10,6 +10,7 @@ from conftest import FIXTURES, TINY_SYNTHETIC, tiny_config
 from lmr_jax.data import annotations as annotations_lib
 from lmr_jax.data import dataset, features, pipeline, synthetic
 from lmr_jax.data.annotations import DataError
+from lmr_jax.data.examples import saliency_pairs
 
 REAL_FILES = {
     "highlight_train_release.jsonl": (5, True),
@@ -186,6 +187,19 @@ def test_examples_are_padded_with_masks(tiny_sources):
     assert q >= 3 and not ex["query_feats"][q:].any()
     assert ex["saliency"][list(ann.relevant_clip_ids)].min() >= 3  # three annotators, each >= 1
     assert not ex["saliency"][n:].any()
+    for key in ("saliency_pos", "saliency_neg"):
+      assert ex[key].dtype == np.int32 and ex[key].shape == (2,)
+      assert ((0 <= ex[key]) & (ex[key] < n)).all()
+    # The hard pair is the best and the worst relevant clip of the summed-score labels.
+    pos, neg = ex["saliency_pos"], ex["saliency_neg"]
+    relevant = [c for c in ann.relevant_clip_ids if c < n]
+    assert ex["saliency"][pos[0]] == ex["saliency"][relevant].max()
+    assert ex["saliency"][neg[0]] == ex["saliency"][relevant].min()
+    assert pos[1] in relevant and neg[1] not in ann.relevant_clip_ids
+    # Evaluation (no rng) draws the same pairs every time.
+    again = train.example(i)
+    np.testing.assert_array_equal(again["saliency_pos"], pos)
+    np.testing.assert_array_equal(again["saliency_neg"], neg)
 
 
 def test_window_subset_and_truncation_policy(tmp_path):
@@ -209,6 +223,93 @@ def test_window_subset_and_truncation_policy(tmp_path):
   assert set(map(tuple, kept.tolist())) <= {tuple(map(float, w)) for w in windows[:5]}
   # Charades-style: no saliency scores -> clips overlapping the windows are salient.
   assert set(np.flatnonzero(ex["saliency"])) <= {0, 2, 4, 6, 8}
+  # The pairs come from the first window, [0, 2) s = clip 0, whatever subset of windows was kept.
+  assert ex["saliency_pos"].tolist() == [0, 0]
+  neg = ex["saliency_neg"].tolist()
+  assert neg[0] != neg[1] and set(neg) <= set(range(1, 10))
+
+
+def _ann(**fields):
+  record = {"qid": 1, "query": "x", "duration": 20, "vid": "v", "relevant_windows": [[2, 10]]}
+  return annotations_lib.parse_annotation(dict(record, **fields), "t:1")
+
+
+def _pairs(ann, num_clips, seed, clip_len=2.0):
+  pos, neg = saliency_pairs(ann, num_clips, clip_len, np.random.default_rng(seed))
+  assert pos.dtype == neg.dtype == np.int32 and pos.shape == neg.shape == (2,)
+  return pos.tolist(), neg.tolist()
+
+
+def test_saliency_pairs_with_scores_hard_and_easy():
+  # Summed scores 5, 9, 9, 2, 2, 7: a stable argsort takes the last 9 (clip 3) and the first 2
+  # (clip 4).
+  clip_ids = [1, 2, 3, 4, 5, 6]
+  scores = [[1, 2, 2], [3, 3, 3], [4, 4, 1], [0, 1, 1], [1, 1, 0], [2, 2, 3]]
+  ann = _ann(relevant_clip_ids=clip_ids, saliency_scores=scores)
+  easy_pos, easy_neg = set(), set()
+  for seed in range(50):
+    pos, neg = _pairs(ann, 10, seed)
+    assert (pos[0], neg[0]) == (3, 4)
+    assert pos[1] in clip_ids and neg[1] in {0, 7, 8, 9}
+    easy_pos.add(pos[1])
+    easy_neg.add(neg[1])
+  assert easy_pos == set(clip_ids) and easy_neg == {0, 7, 8, 9}  # random, over the whole pools
+  # Every kept clip relevant: no easy negative, the easy pair copies the hard one.
+  every_clip = _ann(relevant_clip_ids=[0, 1], saliency_scores=[[4] * 3, [1] * 3])
+  assert _pairs(every_clip, 2, 0) == ([0, 0], [1, 1])
+
+
+def test_saliency_pairs_with_scores_in_a_truncated_video():
+  # Clips 6 and 8 are cut off (6 kept): only the kept relevant clips 2 and 4 take part, although
+  # clip 8 scores highest and clip 6 lowest.
+  ann = _ann(relevant_clip_ids=[2, 4, 6, 8], saliency_scores=[[2] * 3, [1] * 3, [0] * 3, [4] * 3])
+  for seed in range(20):
+    pos, neg = _pairs(ann, 6, seed)
+    assert (pos[0], neg[0]) == (2, 4) and pos[1] in {2, 4} and neg[1] in {0, 1, 3, 5}
+  # No relevant clip kept: clamped to the last kept clip, as QD-DETR does.
+  pos, neg = _pairs(ann, 2, 0)
+  assert pos[0] == neg[0] == pos[1] == 1 and neg[1] in {0, 1}
+
+
+def test_saliency_pairs_without_scores_inside_and_outside_the_window():
+  # [2, 10) s with 2 s clips: clips 1..4 (end 10 s is clip 5's start, which is not in the window).
+  ann = _ann()
+  seen_pos, seen_neg = set(), set()
+  for seed in range(50):
+    pos, neg = _pairs(ann, 10, seed)
+    assert pos[0] != pos[1] and set(pos) <= {1, 2, 3, 4}
+    assert neg[0] != neg[1] and set(neg) <= {0, 5, 6, 7, 8, 9}
+    seen_pos |= set(pos)
+    seen_neg |= set(neg)
+  assert seen_pos == {1, 2, 3, 4} and seen_neg == {0, 5, 6, 7, 8, 9}
+  # A one-clip window repeats its clip; the first window that the kept clips reach is used.
+  assert _pairs(_ann(relevant_windows=[[16, 19], [4, 6]]), 10, 0)[0] == [8, 8]
+  assert _pairs(_ann(relevant_windows=[[16, 19], [4, 6]]), 5, 0)[0] == [2, 2]
+  # One clip outside the window: drawn twice. None: the negatives repeat the positives.
+  assert _pairs(_ann(relevant_windows=[[0, 18]]), 10, 0)[1] == [9, 9]
+  pos, neg = _pairs(_ann(relevant_windows=[[0, 20]]), 10, 0)
+  assert pos == neg and len(set(pos)) == 2
+  # Charades-STA's 1/6 s clips: [1.0, 2.5] s -> clips 6..14.
+  pos, neg = _pairs(_ann(relevant_windows=[[1.0, 2.5]]), 60, 0, clip_len=1 / 6)
+  assert set(pos) <= set(range(6, 15)) and not set(neg) & set(range(6, 15))
+  # Unlabelled (test split): zeros, the same shapes.
+  unlabelled = annotations_lib.parse_annotation(
+      {"qid": 1, "query": "x", "duration": 20, "vid": "v"}, "t:1"
+  )
+  assert _pairs(unlabelled, 10, 0) == ([0, 0], [0, 0])
+
+
+SCORED = dict(
+    relevant_clip_ids=[1, 2, 3, 4], saliency_scores=[[1, 2, 3], [4, 4, 4], [0, 0, 0], [2, 2, 2]]
+)
+
+
+@pytest.mark.parametrize("fields", [{}, SCORED], ids=["window", "scores"])
+def test_saliency_pairs_reproducible_per_seed(fields):
+  ann = _ann(**fields)
+  draws = [_pairs(ann, 30, seed) for seed in range(20)]
+  assert draws == [_pairs(ann, 30, seed) for seed in range(20)]
+  assert len({str(d) for d in draws}) > 1  # the seed does change the easy/random clips
 
 
 def test_training_query_without_window_in_kept_clips_is_dropped(tmp_path, caplog):
@@ -251,8 +352,9 @@ def test_train_order_deterministic_and_resumable(tiny_sources):
   resumed = _all_batches(train, steps, start=start)
   for (p1, b1), (p2, b2) in zip(run[steps + 1 :], resumed):
     assert p1 == p2
-    np.testing.assert_array_equal(b1["qid"], b2["qid"])
-    np.testing.assert_array_equal(b1["windows"], b2["windows"])
+    assert sorted(b1) == sorted(b2)
+    for k in b1:  # the random window subsets and saliency pairs too
+      np.testing.assert_array_equal(b1[k], b2[k])
   other_seed = next(pipeline.train_batches(train, 4, seed=6))[1]
   assert not np.array_equal(other_seed["qid"], run[0][1]["qid"])
 

@@ -29,8 +29,9 @@ def test_moment_losses_exact_match(cfg):
   terms = _moment(cfg, [0.2, 0.4])  # p1 exactly
   assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
   assert float(terms["span_giou"]) == pytest.approx(0.0, abs=1e-6)
-  # p1 is foreground: -log softmax([2, 0])[0]; p0 background (weight 0.1): -log softmax([0, 1])[1].
-  expected = (math.log(1 + math.exp(-2)) + 0.1 * math.log(1 + math.exp(-1))) / 1.1
+  # p1 is foreground: -log softmax([2, 0])[0]; p0 background (weight 0.1): -log softmax([0, 1])[1];
+  # QD-DETR averages the weighted terms over the B x K = 2 queries, not over the weights' sum.
+  expected = (math.log(1 + math.exp(-2)) + 0.1 * math.log(1 + math.exp(-1))) / 2
   assert float(terms["label"]) == pytest.approx(expected, rel=1e-5)
 
 
@@ -50,13 +51,25 @@ def test_padded_examples_contribute_nothing(cfg):
   assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_saliency_hinge_over_ordered_pairs():
-  scores = jnp.array([[0.1, 0.0, 0.5, 9.0]])
-  labels = jnp.array([[2.0, 0.0, 1.0, 0.0]])
-  mask = jnp.array([[True, True, True, False]])  # the 9.0 clip is padding
-  # Pairs (label_i > label_j): (0,1): 0.2+0-0.1 = 0.1; (0,2): 0.2+0.5-0.1 = 0.6; (2,1): 0.2-0.5 -> 0.
-  value = losses.saliency_hinge_loss(scores, labels, mask, jnp.array([True]), 0.2)
-  assert float(value) == pytest.approx(0.7 / 3, rel=1e-5)
+def test_saliency_hinge_on_sampled_pairs():
+  scores = jnp.array([[0.1, 0.0, 0.5, 9.0], [1.0, 2.0, 3.0, 4.0]])
+  pos = jnp.array([[0, 2], [3, 3]])
+  neg = jnp.array([[1, 0], [0, 0]])
+  # Row 0: relu(0.2 + 0.0 - 0.1) = 0.1, relu(0.2 + 0.1 - 0.5) = 0; row 1 is padding (example mask).
+  value = losses.saliency_hinge_loss(scores, pos, neg, jnp.array([True, False]), 0.2)
+  assert float(value) == pytest.approx(2 * 0.1 / 2, rel=1e-5)  # QD-DETR: mean over pairs, x 2
+
+
+def test_matching_with_fewer_queries_than_windows(cfg):
+  """k = 1 against two windows: the one query takes the window it fits best (the paper's k sweep)."""
+  pred = jnp.array([[[0.3, 0.2]]])  # [0.2, 0.4]
+  logits = jnp.array([[[2.0, 0.0]]])
+  windows = jnp.array([[[0.6, 0.9], [0.2, 0.4]]])
+  terms = losses.moment_losses(
+      pred, logits, windows, jnp.array([[True, True]]), jnp.array([True]), cfg
+  )
+  assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
+  assert float(terms["label"]) == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-5)
 
 
 def test_rank_contrastive_two_clips():
@@ -93,6 +106,8 @@ def test_total_loss_weights_every_term(cfg):
       "example_mask": jnp.ones(3, bool),
       "video_mask": jnp.ones((3, 6), bool),
       "saliency": jnp.asarray(rng.integers(0, 12, (3, 6)), jnp.float32),
+      "saliency_pos": jnp.asarray(rng.integers(0, 6, (3, 2)), jnp.int32),
+      "saliency_neg": jnp.asarray(rng.integers(0, 6, (3, 2)), jnp.int32),
   }
   loss, terms = losses.total_loss(outputs, batch, cfg)
   weights = {

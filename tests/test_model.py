@@ -94,7 +94,7 @@ def test_masked_clips_are_ignored(setup):
 ABLATIONS = {
     "use_caption_context": ("caption_proj", False),  # (param that appears/disappears, present?)
     "use_visual": ("video_proj", False),
-    "language_queries": ("learned_queries", True),
+    "language_queries": (None, None),  # w/o LMQ: zero content, no parameter comes or goes
     "share_vqf": ("caption_vqf", True),
     "use_vqf": ("visual_vqf", False),
 }
@@ -108,7 +108,8 @@ def test_each_ablation_switch_changes_the_computation(setup, switch):
   ablated_cfg[switch] = False
   params, out = _apply(ablated_cfg, batch)
   name, present = ABLATIONS[switch]
-  assert (name in params) == present and (name in full_params) != present
+  if name is not None:
+    assert (name in params) == present and (name in full_params) != present
   assert not np.allclose(full["pred_spans"], out["pred_spans"], atol=1e-4)
 
 
@@ -158,11 +159,11 @@ def test_keep_mask_draws_the_configured_rate(rate):
   assert rate == 0.0 or not np.array_equal(keep, other)
 
 
-def test_input_features_are_normalised_without_parameters():
-  """The input LayerNorm has no scale/bias (the Dense after it absorbs them), so nothing below that
-  Dense needs a gradient; dropout scales the kept features by 1 / keep_prob."""
+def test_input_norm_without_affine_is_normalised_and_dropped():
+  """``input_norm_affine=False``: no scale/bias, so nothing below the Dense needs a gradient; dropout
+  scales the kept features by 1 / keep_prob."""
   x = np.random.default_rng(0).normal(3.0, 2.0, (4, 7, 64)).astype(np.float32)
-  norm = layers.FeatureNorm(0.5)
+  norm = layers.InputNorm(0.5, affine=False)
   variables = norm.init(jax.random.key(0), x, train=False)
   assert not jax.tree.leaves(variables)
   y = np.asarray(norm.apply(variables, x, train=False))
@@ -172,3 +173,54 @@ def test_input_features_are_normalised_without_parameters():
   kept = dropped != 0
   assert 0.4 < kept.mean() < 0.6
   np.testing.assert_allclose(dropped[kept], 2.0 * y[kept], rtol=1e-5)
+
+
+def test_affine_input_norm_folds_into_the_dense():
+  """In evaluation the QD-DETR input LayerNorm's scale and bias fold exactly into the next Dense:
+  W (g x + b) + c = (W diag g) x + (W b + c), the README's claim for ``input_norm_affine=False``."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(1.0, 3.0, (2, 5, 12)).astype(np.float32)
+  affine = layers.InputProjection(8, 0.5, affine_first_norm=True)
+  params = affine.init(jax.random.key(0), x, train=False)["params"]
+  params = jax.tree.map(lambda p: p + rng.normal(0, 0.5, p.shape).astype(np.float32), params)
+  scale, bias = params["norm_0"]["LayerNorm"]["scale"], params["norm_0"]["LayerNorm"]["bias"]
+  folded = {k: v for k, v in params.items() if k != "norm_0"}
+  kernel = params["dense_0"]["kernel"]
+  folded["dense_0"] = {
+      "kernel": scale[:, None] * kernel,
+      "bias": params["dense_0"]["bias"] + bias @ kernel,
+  }
+  plain = layers.InputProjection(8, 0.5, affine_first_norm=False)
+  want = affine.apply({"params": params}, x, train=False)
+  got = plain.apply({"params": folded}, x, train=False)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_outputs_do_not_depend_on_batch_mates_unless_qd_detr_mask(setup):
+  """A query's outputs are its own; QD-DETR's T2V mask (a parity-only switch) mixes in the padding
+  of the other queries of the batch."""
+  config, batch = setup
+  ragged = dict(batch)
+  ragged["query_mask"] = batch["query_mask"].copy()
+  ragged["query_mask"][1:, 2:] = False  # batch-mates with other padding than query 0
+  ragged["video_mask"] = batch["video_mask"].copy()
+  ragged["video_mask"][1:, 10:] = False
+  first = {k: v[:1] for k, v in ragged.items()}
+  for quirk, same in ((False, True), (True, False)):
+    cfg = config.model.copy_and_resolve_references()
+    cfg.qd_detr_t2v_mask = quirk
+    params, out = _apply(cfg, ragged)
+    alone = jax.jit(lambda p, b: LMR(cfg).apply({"params": p}, b, train=False))(params, first)
+    close = np.allclose(out["saliency"][:1], alone["saliency"], atol=1e-5)
+    assert close == same, (quirk, np.abs(out["saliency"][:1] - alone["saliency"]).max())
+
+
+def test_saliency_of_video_tokens_or_summed_tokens(setup):
+  """Eq. 5 scores the video tokens of F_m; the "sum" variant also reads each clip's caption token."""
+  config, batch = setup
+  params, video = _apply(config.model, batch)
+  cfg = config.model.copy_and_resolve_references()
+  cfg.saliency_tokens = "sum"
+  summed = jax.jit(lambda p, b: LMR(cfg).apply({"params": p}, b, train=False))(params, batch)
+  np.testing.assert_allclose(video["pred_spans"], summed["pred_spans"], atol=1e-6)
+  assert not np.allclose(video["saliency"], summed["saliency"], atol=1e-4)

@@ -54,13 +54,19 @@ def test_four_devices_train_like_one(runs, name):
       rtol=LOSS_RTOL,
   )
   one_state = restore_checkpoint(config, one_dir, num_devices=1)[0]
-  other_state = restore_checkpoint(runs[name][0], other_dir, num_devices=1)[
-      0
-  ]  # saved on 4 devices, restored on 1
+  # Saved on 4 devices, restored on 1.
+  other_state = restore_checkpoint(runs[name][0], other_dir, num_devices=1)[0]
   assert int(one_state.step) == int(other_state.step) > 0
-  for a, b in zip(jax.tree.leaves(one_state.params), jax.tree.leaves(other_state.params)):
+  paths_and_params = jax.tree_util.tree_leaves_with_path(one_state.params)
+  for (path, a), b in zip(paths_and_params, jax.tree.leaves(other_state.params)):
     assert len(b.sharding.device_set) == 1
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL)
+    name = jax.tree_util.keystr(path)
+    if "['k_proj']['bias']" in name:
+      # Softmax ignores a bias added to every key, so this gradient is zero up to round-off, and Adam
+      # normalises that noise into steps of its own: the runs agree only in keeping it near zero.
+      assert np.abs(np.asarray(a)).max() < 1e-3 and np.abs(np.asarray(b)).max() < 1e-3, name
+      continue
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL, err_msg=name)
   assert one_metrics["brief"]["MR-full-mAP"] == pytest.approx(
       other_metrics["brief"]["MR-full-mAP"], abs=0.5
   )

@@ -156,6 +156,49 @@ def test_features_give_evals_prediction(predict_cli, trained, predictor, tmp_pat
   )
 
 
+def test_rounding_to_clips_is_the_same_in_eval_and_predict(trained, predictor, tmp_path):
+  """config.eval_round_to_clip (on in configs/qvh.py and configs/charades.py) rounds eval's and
+  predict's windows alike."""
+  config, workdir = trained
+  rounded = config.copy_and_resolve_references()
+  rounded.eval_round_to_clip = True
+  result = run_eval.evaluate_checkpoint(rounded, workdir, split="val", output_dir=str(tmp_path))
+  expected = {r["qid"]: r for r in read_submission(result["submission"])}
+  rounded_predictor = predictor_lib.Predictor(rounded, predictor.params, predictor.step)
+  with open(config.data.annotation_files["val"]) as f:
+    annotations = [json.loads(line) for line in f]
+  feat_root = config.data.feat_root
+  unrounded_ends = []
+  for ann in annotations:
+    video = predictor_lib.load_video_inputs(rounded, feat_root, ann["vid"], ann["duration"])
+    query = predictor_lib.load_query_inputs(rounded, feat_root, ann["qid"])
+    (record,) = rounded_predictor.predict(video, [query], top_k=None)
+    windows = record["pred_relevant_windows"]
+    assert windows == expected[ann["qid"]]["pred_relevant_windows"]
+    assert all(st % 2 == 0 and ed % 2 == 0 for st, ed, _ in windows)
+    (unrounded,) = predictor.predict(video, [query], top_k=None)
+    unrounded_ends += [x for w in unrounded["pred_relevant_windows"] for x in w[:2]]
+  assert any(x % 2 for x in unrounded_ends)  # the switch changed something
+
+
+def test_llama_query_tokens_encode_query_text_with_llama(models):
+  """configs/charades.py's paper setting: the visual VQF's query tokens are Llama's, not CLIP's."""
+  from configs import charades
+  from preprocess.llama_embedding import LlamaEmbedder
+
+  config = charades.get_config().unlock()
+  config.data.query_dim = config.data.caption_dim = DIM  # the tiny Llama's width
+  encoders = encoders_lib.Encoders(config, llama=str(models["llama"]))
+  encoders.require(video=False, text=True)  # no --clip needed for query text
+  text = "a man cooks food in a kitchen"
+  query = encoders.query(text)
+  expected = LlamaEmbedder(models["llama"]).token_vectors(text)
+  np.testing.assert_array_equal(query.tokens, expected)
+  np.testing.assert_array_equal(query.caption_tokens, expected)
+  with pytest.raises(predictor_lib.PredictError, match="encoding query text .* needs --llama"):
+    encoders_lib.Encoders(config, clip=str(models["clip"])).require(video=False, text=True)
+
+
 def test_raw_video_queries_share_its_features(
     predict_cli, trained, models, tmp_path, capsys, monkeypatch
 ):

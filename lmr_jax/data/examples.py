@@ -23,6 +23,61 @@ def clip_windows(ann: QueryAnnotation, num_clips: int, clip_len: float) -> tuple
   return windows, duration
 
 
+def _draw(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """2 clips of ``pool``: distinct where the pool has 2, else with replacement."""
+  return rng.choice(pool, 2, replace=len(pool) < 2)
+
+
+def saliency_pairs(
+    ann: QueryAnnotation, num_clips: int, clip_len: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+  """QD-DETR's sampled (positive, negative) clip pairs of one query for its saliency hinge loss:
+  int32 (2,) ``pos`` and ``neg``, indices into the ``num_clips`` kept clips.
+
+  With annotator scores (QVHighlights), summed per relevant clip: pair 0 is hard, [the highest
+  scoring relevant clip (last of a stable argsort), the lowest scoring one (first)]; pair 1 is easy,
+  [a random relevant clip, a random clip outside the relevant ones], or a copy of pair 0 when every
+  kept clip is relevant.
+
+  Without scores (Charades-STA): the first window inside the kept clips gives the clip range
+  [st, ed] = [int(start / clip_len), min(int(end / clip_len), num_clips) - 1] (st at most ed);
+  ``pos`` is 2 distinct random clips of it ([st, st] for a one-clip range), ``neg`` 2 distinct
+  random clips outside it (with replacement when only 1 is outside; a copy of ``pos`` when none is,
+  a pair whose hinge terms cancel). An unlabelled query (test splits) gets zeros.
+  """
+  if ann.saliency_scores:
+    clip_ids = np.asarray(ann.relevant_clip_ids)
+    summed = np.asarray([sum(s) for s in ann.saliency_scores])
+    # QD-DETR clamps relevant clips past a truncated video to its last clip, which can make a clip
+    # that is not relevant a positive; the relevant clips inside it are used instead when any is.
+    inside = clip_ids < num_clips
+    if inside.any():
+      clip_ids, summed = clip_ids[inside], summed[inside]
+    order = np.argsort(summed, kind="stable")
+    pos, neg = [clip_ids[order[-1]]], [clip_ids[order[0]]]
+    outside = np.setdiff1d(np.arange(num_clips), ann.relevant_clip_ids)
+    if len(outside):
+      pos.append(rng.choice(clip_ids))
+      neg.append(rng.choice(outside))
+    else:
+      pos.append(pos[0])
+      neg.append(neg[0])
+    pos, neg = np.minimum(pos, num_clips - 1), np.minimum(neg, num_clips - 1)
+  elif ann.windows:
+    # Training keeps only queries with a window inside the kept clips; an evaluation query without
+    # one falls back to its first window, clamped to the last clip as QD-DETR does.
+    inside = [w for w in ann.windows if w[0] < num_clips * clip_len]
+    start, end = (inside or ann.windows)[0]
+    ed = max(0, min(int(end / clip_len), num_clips) - 1)
+    st = min(int(start / clip_len), ed)
+    pos = _draw(np.arange(st, ed + 1), rng) if st != ed else np.array([st, st])
+    outside = np.concatenate([np.arange(st), np.arange(ed + 1, num_clips)])
+    neg = _draw(outside, rng) if len(outside) else pos
+  else:
+    pos = neg = np.zeros(2)
+  return np.asarray(pos, np.int32), np.asarray(neg, np.int32)
+
+
 def log_truncation(num_queries: int, max_clips: int) -> None:
   """The documented policy for long videos, said once per split."""
   if num_queries:
@@ -126,13 +181,21 @@ class ExampleSource:
     return self._videos[vid]
 
   def _query_tokens(self, qid: int, caption_encoder: bool) -> np.ndarray:
-    key = (qid, caption_encoder)
+    # Keyed by the folder read, so that a config whose two query encoders are one (Charades-STA: Llama
+    # tokens for both VQFs) holds each query's tokens once.
+    spec = self.spec
+    same_files = (spec.query_feat_dir, spec.query_dim) == (
+        spec.caption_query_feat_dir,
+        spec.caption_dim,
+    )
+    key = (qid, caption_encoder and not same_files)
     if key not in self._tokens:
       self._tokens[key] = features_lib.load_query_tokens(self.spec, qid, caption_encoder)
     return self._tokens[key]
 
   def example(self, index: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """Padded arrays of query ``index``; ``rng`` picks a random window subset in training."""
+    """Padded arrays of query ``index``; ``rng`` picks a random window subset and the saliency
+    pairs in training."""
     ann, spec = self.annotations[index], self.spec
     video = self._video(ann.vid)
     num_clips = video.visual.shape[0]
@@ -147,6 +210,14 @@ class ExampleSource:
           else np.arange(self.max_windows)
       )
       windows = windows[np.sort(keep)]
+    # Drawn after the window subset, so that a seed still picks the subset it picked before the
+    # pairs existed. Evaluation (no rng) draws from the qid: the same pairs in every run.
+    pos, neg = saliency_pairs(
+        ann,
+        num_clips,
+        spec.clip_len,
+        rng if rng is not None else np.random.default_rng(ann.qid % 2**63),
+    )
     out = model_inputs(
         video.visual,
         self._query_tokens(ann.qid, False),
@@ -159,6 +230,8 @@ class ExampleSource:
         windows=_pad(windows / duration, self.max_windows).astype(np.float32),
         window_mask=_mask(len(windows), self.max_windows),
         saliency=_pad(self._saliency(ann, windows, num_clips), max_clips),
+        saliency_pos=pos,
+        saliency_neg=neg,
         duration=np.float32(duration),
         qid=np.int32(ann.qid),
         example_mask=np.bool_(True),

@@ -17,8 +17,8 @@ records hold zero rows.
 metadata.json holds the data settings that the stored arrays depend on (checked against the reading
 config) and, per query, the annotation and its clip count. Labels are not stored:
 ``PackedExampleSource`` inherits ``ExampleSource.example``, so windows, the random training subset
-of ``max_windows`` (free to change after packing), saliency and padding come from the numpy path's
-own code, and a packed example is bit-identical to the numpy one.
+of ``max_windows`` (free to change after packing), saliency, the sampled saliency pairs and padding
+come from the numpy path's own code, and a packed example is bit-identical to the numpy one.
 """
 
 from __future__ import annotations
@@ -229,9 +229,9 @@ def pack(
 class PackedExampleSource(ExampleSource):
   """An ``ExampleSource`` whose features come from packed records instead of ``.npz`` files.
 
-  Only the two feature loaders are replaced; ``example`` (labels, window subset, padding) and
-  ``element_spec`` are inherited. Records are read on demand (random access, thread-safe), so
-  memory stays small whatever the split's size.
+  Only the two feature loaders are replaced; ``example`` (labels, window subset, saliency pairs,
+  padding) and ``element_spec`` are inherited. Records are read on demand (random access,
+  thread-safe), so memory stays small whatever the split's size.
   """
 
   def __init__(

@@ -99,13 +99,14 @@ def epoch_examples(
   """(example indices, per-visit seeds) this process reads in ``epoch``, in order, whole batches.
 
   Both are drawn for the whole epoch and then sliced, so an example gets the same seed (the same
-  random window subset) whatever the number of processes.
+  random window subset and saliency pairs) whatever the number of processes.
   """
   steps = steps_per_epoch(num_examples, global_batch_size)
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)[
       : steps * global_batch_size
   ]
-  # One seed per visit of an example: the random window subset is reproducible on resume.
+  # One seed per visit of an example: its random window subset and saliency pairs are reproducible
+  # on resume.
   seeds = np.random.default_rng([seed, epoch, 1]).integers(0, 2**62, size=len(order))
   rows = _process_rows(steps, global_batch_size, process_index, process_count)
   return order[rows], seeds[rows]

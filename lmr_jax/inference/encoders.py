@@ -63,7 +63,9 @@ class Encoders:
   dims the model was trained on.
 
   ``clip``: CLIP image features of clips and text tokens of queries; ``llama``: the embedding table
-  for captions and the caption side of queries; ``captioner``: a video LLM of
+  for captions and the caption side of queries, and for the visual side too when the config reads
+  its query tokens from the caption-query files (Charades-STA's paper setting); ``captioner``: a
+  video LLM of
   ``preprocess.captioners.BACKENDS``. ``device``/``dtype`` as in preprocess ("auto": CUDA if there is
   one; float16 for the captioner on CUDA, float32 otherwise).
   """
@@ -94,10 +96,20 @@ class Encoders:
     self.max_new_tokens = max_new_tokens
     self.seed = seed
 
+  @property
+  def llama_query_tokens(self) -> bool:
+    """Whether the visual VQF reads the query's Llama embedding tokens rather than CLIP's: the
+    config points both query-token directories at the same files (configs/charades.py)."""
+    data = self.config.data
+    return data.query_feat_dir == data.caption_query_feat_dir
+
   def require(self, video: bool, text: bool) -> None:
     """Fails before any model loads when a flag the run needs is missing."""
     needs = [("clip", "a raw video's visual features")] * video
-    needs += [("clip", "encoding query text")] * text
+    if self.llama_query_tokens:
+      needs += [("llama", "encoding query text (data.query_feat_dir holds Llama tokens)")] * text
+    else:
+      needs += [("clip", "encoding query text")] * text
     if self.config.model.use_caption_context:
       needs += [("llama", "the caption context (config.model.use_caption_context)")] * (
           video or text
@@ -169,10 +181,11 @@ class Encoders:
     )
 
   def query(self, text: str) -> predictor_lib.QueryInputs:
-    caption_tokens = None
-    if self.config.model.use_caption_context:
-      caption_tokens = self.llama.token_vectors(text)
-    return predictor_lib.query_inputs(self.config, text, self.clip_text(text), caption_tokens)
+    llama_tokens = None
+    if self.config.model.use_caption_context or self.llama_query_tokens:
+      llama_tokens = self.llama.token_vectors(text)
+    tokens = llama_tokens if self.llama_query_tokens else self.clip_text(text)
+    return predictor_lib.query_inputs(self.config, text, tokens, llama_tokens)
 
   def write_video_features(self, video: str | os.PathLike, feat_root: str | os.PathLike, vid: str):
     """Writes ``vid``'s feature files for ``video`` under ``feat_root`` (a file already there is

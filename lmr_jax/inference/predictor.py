@@ -33,6 +33,7 @@ import numpy as np
 from lmr_jax.data import dataset
 from lmr_jax.data import examples as examples_lib
 from lmr_jax.data import features as features_lib
+from lmr_jax.evaluation import predictions
 from lmr_jax.evaluation import run_eval
 from lmr_jax.losses import span_ops
 from lmr_jax.training import checkpoint as checkpoint_lib
@@ -66,7 +67,7 @@ class QueryInputs:
   """One query's token features, cut to ``max_query_tokens`` as the loaders cut them."""
 
   text: str | None  # None for precomputed features (``qid`` names them)
-  tokens: np.ndarray  # (Lq, query_dim): CLIP text tokens, for the visual VQF
+  tokens: np.ndarray  # (Lq, query_dim): for the visual VQF (CLIP text tokens, or Llama's)
   caption_tokens: np.ndarray | None  # (Lq', caption_dim): Llama embedding tokens
   qid: int | None = None
 
@@ -125,7 +126,7 @@ def query_inputs(
   """Encoder outputs for free text, checked against the trained dims and cut like the token files."""
   data = config.data
   tokens = _checked_tokens(
-      tokens, data.query_dim, f"the query {text!r} (CLIP text tokens)", data.max_query_tokens
+      tokens, data.query_dim, f"the query {text!r} (query tokens)", data.max_query_tokens
   )
   if config.model.use_caption_context:
     caption_tokens = _checked_tokens(
@@ -233,7 +234,8 @@ class Predictor:
   ) -> list[dict]:
     """One record per query: {"query", ("qid",) "vid", "duration", "clip_len",
     "pred_relevant_windows": [[start, end, score], ...] in seconds, best first, at most ``top_k``
-    (None: all), "pred_saliency_scores": one per clip}."""
+    (None: all), rounded to clips as eval rounds them (``config.eval_round_to_clip``),
+    "pred_saliency_scores": one per clip}."""
     max_clips, clip_len = self.config.data.max_clips, self.config.data.clip_len
     stride = window_stride or max(1, max_clips // 2)
     if not 0 < stride <= max_clips:
@@ -241,6 +243,7 @@ class Predictor:
     if top_k is not None and top_k < 1:
       raise PredictError(f"top_k must be at least 1, got {top_k}")
     starts = window_starts(video.num_clips, max_clips, stride)
+    round_to = predictions.clip_rounding(self.config)
     outputs = self._run([_example(self.config, video, s, q) for q in queries for s in starts])
     records = []
     for q, query in enumerate(queries):
@@ -249,7 +252,10 @@ class Predictor:
       coverage = np.zeros(video.num_clips)
       for start, out in zip(starts, per_window):
         end = min(start + max_clips, video.num_clips)
-        moments.append(_moments_in_seconds(out, start, end, video.duration, clip_len))
+        window_moments = _moments_in_seconds(out, start, end, video.duration, clip_len)
+        if round_to:  # before the merge, as QD-DETR rounds before its NMS
+          window_moments[:, :2] = predictions.round_to_clips(window_moments[:, :2], round_to)
+        moments.append(window_moments)
         saliency[start:end] += out["saliency"][: end - start]
         coverage[start:end] += 1
       best = merge_moments(moments, nms_iou)[:top_k]

@@ -58,25 +58,24 @@ def moment_losses(
   log_probs = jax.nn.log_softmax(pred_logits_BxKx2, axis=-1)
   nll_BxK = -jnp.where(is_fg_BxK, log_probs[..., FOREGROUND], log_probs[..., 1 - FOREGROUND])
   weight_BxK = jnp.where(is_fg_BxK, 1.0, cfg.background_weight) * example_mask_B[:, None]
+  # QD-DETR (and DETR's 1-D ports) average the class-weighted CE over all B x K queries, not over the
+  # sum of class weights as torch's weighted "mean" reduction would.
+  num_queries_total = example_mask_B.sum() * num_queries
   return {
       "span_l1": _safe_mean((l1_BxW * valid_BxW).sum(), num_windows),
       "span_giou": _safe_mean(((1.0 - giou_BxW) * valid_BxW).sum(), num_windows),
-      "label": _safe_mean((nll_BxK * weight_BxK).sum(), weight_BxK.sum()),
+      "label": _safe_mean((nll_BxK * weight_BxK).sum(), num_queries_total),
   }
 
 
-def saliency_hinge_loss(saliency_BxL, labels_BxL, video_mask_BxL, example_mask_B, margin):
-  """Margin ranking over every ordered clip pair (i, j) of a video with label_i > label_j.
-
-  QD-DETR samples two such pairs per video; using all pairs is the same objective without the
-  sampling noise, and costs L^2 = 5.6k comparisons per video at QVHighlights' 75 clips.
+def saliency_hinge_loss(saliency_BxL, pos_BxP, neg_BxP, example_mask_B, margin):
+  """QD-DETR's margin ranking on sampled clip pairs: mean over pairs of relu(margin + S_neg - S_pos),
+  times 2 (their "to keep the loss the same scale"). ``pos``/``neg`` index clips (data/examples.py).
   """
-  valid = video_mask_BxL[:, :, None] & video_mask_BxL[:, None, :]
-  pairs = (labels_BxL[:, :, None] > labels_BxL[:, None, :]) & valid
-  hinge = jax.nn.relu(margin + saliency_BxL[:, None, :] - saliency_BxL[:, :, None])
-  per_video = _safe_mean((hinge * pairs).sum((1, 2)), pairs.sum((1, 2)))
-  has_pairs = (pairs.sum((1, 2)) > 0) & example_mask_B
-  return _safe_mean((per_video * has_pairs).sum(), has_pairs.sum())
+  pos = jnp.take_along_axis(saliency_BxL, pos_BxP, axis=1)
+  neg = jnp.take_along_axis(saliency_BxL, neg_BxP, axis=1)
+  hinge_BxP = jax.nn.relu(margin + neg - pos) * example_mask_B[:, None]
+  return 2.0 * _safe_mean(hinge_BxP.sum(), example_mask_B.sum() * pos_BxP.shape[1])
 
 
 def rank_contrastive_loss(
@@ -88,21 +87,24 @@ def rank_contrastive_loss(
     temperature,
     num_levels: int = 12,
 ):
-  """QD-DETR's rank-contrastive loss: for each level r, clips with label >= r are positives against
-  every other clip of the video and (when given) every clip of the video paired with another query.
-  """
+  """QD-DETR's rank-contrastive loss: for each level r in 1..num_levels-1, clips with label >= r are
+  positives against every other clip of the video and (when given) every clip of the video paired with
+  another query; the mean over levels divides by ``num_levels``, as QD-DETR's (11 levels, / 12)."""
   scores, labels, mask = saliency_BxL, labels_BxL, video_mask_BxL
   if saliency_neg_BxL is not None:
     scores = jnp.concatenate([scores, saliency_neg_BxL], axis=1)
     labels = jnp.concatenate([labels, jnp.zeros_like(labels_BxL)], axis=1)
     mask = jnp.concatenate([mask, video_mask_BxL], axis=1)
-  scores = scores / temperature
-  log_prob = jax.nn.log_softmax(jnp.where(mask, scores, -1e9), axis=1)
+  logits = jnp.where(mask, scores / temperature, -1e9)
+  logits = logits - logits.max(1, keepdims=True)
+  # QD-DETR's epsilons (1e-6 in the log-sum and the positive count) are kept: outputs match to 1e-7.
+  log_prob = logits - jnp.log(jnp.where(mask, jnp.exp(logits), 0.0).sum(1, keepdims=True) + 1e-6)
+  log_prob = jnp.where(mask, log_prob, 0.0)
   total = 0.0
   for level in range(1, num_levels):
     positive = (labels >= level) & mask
     num_pos = positive.sum(1)
-    mean_log_prob = (log_prob * positive).sum(1) / jnp.maximum(num_pos, 1)
+    mean_log_prob = (log_prob * positive).sum(1) / (num_pos + 1e-6)
     use = (num_pos > 0) & example_mask_B
     total += -(mean_log_prob * use).sum() / jnp.maximum(example_mask_B.sum(), 1)
   return total / num_levels
@@ -147,7 +149,11 @@ def total_loss(outputs, batch, cfg: ml_collections.ConfigDict):
 
   video_mask = batch["video_mask"]
   terms["saliency_hinge"] = saliency_hinge_loss(
-      outputs["saliency"], batch["saliency"], video_mask, example_mask, cfg.saliency_margin
+      outputs["saliency"],
+      batch["saliency_pos"],
+      batch["saliency_neg"],
+      example_mask,
+      cfg.saliency_margin,
   )
   saliency_neg = outputs.get("saliency_neg")  # absent for a batch of one: no other query to pair
   terms["saliency_rank_contrastive"] = rank_contrastive_loss(

@@ -104,33 +104,39 @@ def hungarian_assignment(cost_NxN):
   return row_ind, col_ind
 
 
-def match_rectangular(cost_NxM, target_mask_M, pad_cost=0.0):
-  """Match M padded target slots to N >= M predictions.
+def match_rectangular(cost_NxM, target_mask_M):
+  """Match N predictions to the real ones of M padded target slots: min(N, #real) pairs of least
+  total cost, as scipy's linear_sum_assignment on the N x #real matrix (DETR's matcher).
 
-  The cost is padded to N x N: padded slots (``target_mask_M == False``) and
-  the extra N - M columns all cost ``pad_cost``. Every such column is
-  assigned to exactly one prediction, so they add the same constant to every
-  complete assignment and cannot change the optimum on the real targets;
-  ``pad_cost`` only matters numerically (keep it near the real costs'
-  scale).
+  Works both ways: N >= #real (every real target gets a prediction) and N < #real (every prediction
+  gets a target; with k = 1 or 3 moment queries and up to 5 windows). The cost is padded to a square
+  S x S, S = max(N, M): a prediction row paired with a padded target slot, or with one of the extra
+  columns, pays ``big``, more than any difference between two assignments of real pairs, so the
+  optimum has as many real pairs as possible and, among those, the least cost; the extra rows (no
+  prediction) cost 0 everywhere.
 
-  Returns ``(pred_idx_M, valid_M)``: the prediction matched to each target
-  slot, and the target mask. Entries for padded slots are distinct
-  predictions left over by the matching and should be ignored via
-  ``valid_M``.
+  Returns ``(pred_idx_M, valid_M)``: the prediction matched to each target slot, and whether that
+  slot is a real target with a real prediction. Other entries are arbitrary distinct indices.
   """
   n, m = cost_NxM.shape
   assert target_mask_M.shape == (m,), (target_mask_M.shape, m)
-  assert m <= n, f"need at least as many predictions ({n}) as target slots ({m})"
-  valid_M = target_mask_M.astype(bool)
+  size = max(n, m)
+  target_mask_M = target_mask_M.astype(bool)
   cost_NxM = lax.stop_gradient(cost_NxM)
-  real_NxM = jnp.where(valid_M[None, :], cost_NxM, pad_cost)
-  square_NxN = jnp.pad(real_NxM, ((0, 0), (0, n - m)), constant_values=pad_cost)
-  row_ind, col_ind = hungarian_assignment(square_NxN)
-  pred_of_col = jnp.zeros((n,), jnp.int32).at[col_ind].set(row_ind)
-  return pred_of_col[:m], valid_M
+  real = jnp.where(target_mask_M[None, :], cost_NxM, 0.0)
+  big = 1.0 + 2.0 * size * (real.max() - real.min())
+  real_rows_NxS = jnp.pad(
+      jnp.where(target_mask_M[None, :], cost_NxM, big),
+      ((0, 0), (0, size - m)),
+      constant_values=big,
+  )
+  square_SxS = jnp.pad(real_rows_NxS, ((0, size - n), (0, 0)))
+  row_ind, col_ind = hungarian_assignment(square_SxS)
+  pred_of_col = jnp.zeros((size,), jnp.int32).at[col_ind].set(row_ind)[:m]
+  valid_M = target_mask_M & (pred_of_col < n)
+  return jnp.minimum(pred_of_col, n - 1), valid_M
 
 
-def batched_match(cost_BxNxM, target_mask_BxM, pad_cost=0.0):
+def batched_match(cost_BxNxM, target_mask_BxM):
   """``match_rectangular`` over a leading batch axis."""
-  return jax.vmap(match_rectangular, in_axes=(0, 0, None))(cost_BxNxM, target_mask_BxM, pad_cost)
+  return jax.vmap(match_rectangular)(cost_BxNxM, target_mask_BxM)

@@ -1,4 +1,9 @@
-"""Transformer building blocks of LMR: post-norm attention blocks without FFN expansion (paper IV-B)."""
+"""LMR's transformer blocks, layer for layer QD-DETR's (the paper's base: "following [1]").
+
+Every block here has a one-to-one counterpart in QD-DETR's PyTorch modules, so a QD-DETR state_dict maps
+onto our parameters (lmr_jax/port/qd_detr.py) and its eval-mode outputs are reproduced to float rounding
+(tests/test_port.py). Shapes are suffixed: B batch, L clips, T query tokens, K moment queries, D hidden.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
-  """Fixed sine/cosine position codes (length, dim), as DETR-style video models use."""
-  positions = np.arange(length, dtype=np.float32)[:, None]
-  freqs = np.exp(-np.log(10000.0) * np.arange(0, dim, 2, dtype=np.float32) / dim)
-  codes = np.zeros((length, dim), np.float32)
-  codes[:, 0::2] = np.sin(positions * freqs)
-  codes[:, 1::2] = np.cos(positions * freqs)
-  return codes
+def masked_sine_positions(mask_BxL: jnp.ndarray, dim: int, temperature: float = 10000.0):
+  """DETR's normalised sine code of the clip index, (B, L, dim): position = cumsum(mask) / #real * 2pi.
+
+  The index counts real clips only and is normalised by the video's length, so a clip's code depends on
+  where it sits in its video, not on how much padding follows (QD-DETR's PositionEmbeddingSine with
+  normalize=True).
+  """
+  counts_BxL = jnp.cumsum(mask_BxL.astype(jnp.float32), axis=1)
+  angle_BxL = counts_BxL / (counts_BxL[:, -1:] + 1e-6) * 2 * np.pi
+  freqs = temperature ** (2 * (np.arange(dim) // 2) / dim)
+  angles = angle_BxL[..., None] / freqs
+  return jnp.where(np.arange(dim) % 2 == 0, jnp.sin(angles), jnp.cos(angles))
 
 
 def sine_embed_spans(spans_BxKx2: jnp.ndarray, dim: int) -> jnp.ndarray:
@@ -127,97 +136,201 @@ def _num_chunks(batch: int, logits_per_row: int, chunk_bytes: int = 3 << 20) -> 
   return batch
 
 
-class FeatureNorm(nn.Module):
-  """Parameter-free LayerNorm, then Dropout, on input features, which are data.
+def layer_norm(name: str, epsilon: float = 1e-5) -> nn.LayerNorm:
+  """torch.nn.LayerNorm's: epsilon 1e-5 and the two-pass variance (flax's one-pass E[x^2] - E[x]^2
+  loses digits in float32 when a feature's mean is large against its spread)."""
+  return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, name=name)
 
-  Unlike QD-DETR's input LayerNorm it has no scale and bias: the Dense that follows absorbs them
-  (diag(scale) W is any matrix), and without them no gradient flows below that Dense, so the backward
-  pass skips the (B*L, 4096) input gradient and its elementwise passes, ~10 % of the QVHighlights
-  step's FLOPs (README, "Benchmark").
+
+class InputNorm(nn.Module):
+  """LayerNorm of input features, then dropout; QD-DETR's LinearLayer begins this way.
+
+  ``affine=False`` drops the LayerNorm's scale and bias: the Dense that follows can absorb them (in
+  evaluation exactly: W (g x + b) + c = (W diag g) x + (W b + c)), and without them no gradient flows
+  below that Dense, so the backward pass skips the (B*L, 4096) input gradient, ~10 % of a QVHighlights
+  step's FLOPs (README, "Benchmark"). The default keeps QD-DETR's affine LayerNorm.
   """
 
   rate: float
-  epsilon: float = 1e-6
+  affine: bool = True
+  epsilon: float = 1e-5  # torch.nn.LayerNorm's
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = jax.lax.stop_gradient(x)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
-    normalized = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    if self.affine:
+      x = layer_norm("LayerNorm", self.epsilon)(x)
+    else:
+      x = jax.lax.stop_gradient(x)
+      mean = x.mean(-1, keepdims=True)
+      var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
+      x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
     if not train or self.rate == 0.0:
-      return normalized
+      return x
     keep, keep_prob = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
-    return jnp.where(keep, normalized / keep_prob, 0.0)
+    return jnp.where(keep, x / keep_prob, 0.0)
 
 
 class InputProjection(nn.Module):
-  """Two LayerNorm -> Dropout -> Dense stages mapping one feature stream to the hidden width."""
+  """QD-DETR's two-stage input projection: [LayerNorm -> Dropout -> Dense -> ReLU], then
+  [LayerNorm -> Dropout -> Dense], both stages with the input dropout rate."""
 
   hidden_dim: int
   input_dropout: float
-  dropout: float
+  affine_first_norm: bool = True
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = FeatureNorm(self.input_dropout)(x, train=train)
-    x = nn.relu(nn.Dense(self.hidden_dim)(x))
-    x = nn.LayerNorm(name="LayerNorm_1")(x)
-    x = Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.hidden_dim)(x)
+    x = InputNorm(self.input_dropout, self.affine_first_norm, name="norm_0")(x, train=train)
+    x = nn.relu(nn.Dense(self.hidden_dim, name="dense_0")(x))
+    x = InputNorm(self.input_dropout, name="norm_1")(x, train=train)
+    return nn.Dense(self.hidden_dim, name="dense_1")(x)
+
+
+class PReLU(nn.Module):
+  """torch.nn.PReLU(): one learned negative slope, initialised at 0.25 (QD-DETR's FFN activation)."""
+
+  @nn.compact
+  def __call__(self, x):
+    slope = self.param("slope", nn.initializers.constant(0.25), ())
+    return jnp.where(x >= 0, x, slope * x)
 
 
 class FeedForward(nn.Module):
+  """Dense -> PReLU -> Dropout -> Dense (QD-DETR's linear1, activation, dropout, linear2)."""
+
   ffn_dim: int
   dropout: float
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    y = nn.relu(nn.Dense(self.ffn_dim)(x))
+    y = PReLU(name="activation")(nn.Dense(self.ffn_dim, name="linear1")(x))
     y = Dropout(self.dropout, deterministic=not train)(y)
-    return nn.Dense(x.shape[-1])(y)
+    return nn.Dense(x.shape[-1], name="linear2")(y)
 
 
-class AttentionBlock(nn.Module):
-  """Attention (self or cross) then feed-forward, each with residual and LayerNorm (post-norm).
+def key_mask(k_mask_BxK: jnp.ndarray, num_queries: int) -> jnp.ndarray:
+  """(B, Q, K) attention mask from the keys' padding mask: padded keys are never attended to;
+  padded query rows attend like real ones (their outputs are never read)."""
+  return jnp.broadcast_to(
+      k_mask_BxK[:, None, :], k_mask_BxK.shape[:1] + (num_queries,) + k_mask_BxK.shape[1:]
+  )
 
-  Position codes are added to queries and keys only, as in DETR, so values stay content-only.
+
+def qd_detr_t2v_mask(context_mask_BxL, lang_mask_BxT, num_heads: int, group_size: int):
+  """The (B, heads, L, T) mask QD-DETR's T2V attention really applies, for exact parity only.
+
+  QD-DETR builds a (B, L, T) mask of (padded clip, padded token) pairs and tiles it with
+  ``repeat(nhead, 1, 1)``, but torch reads a 3-D mask as (B * nhead) rows in batch-major order, so head
+  h of example b gets the mask of example (b * nhead + h) mod B: an example's outputs depend on the
+  padding of the other examples in its batch. ``group_size`` is the batch QD-DETR ran (B; the
+  negative pass is a second batch of B). Off by default (``model.qd_detr_t2v_mask``): a prediction
+  should not depend on its batch; the parity check turns it on.
+  """
+  rows = np.arange(context_mask_BxL.shape[0])
+  group, b = rows // group_size, rows % group_size
+  src_BxH = (
+      group[:, None] * group_size + (b[:, None] * num_heads + np.arange(num_heads)) % group_size
+  )
+  blocked = (~context_mask_BxL)[src_BxH][..., :, None] & (~lang_mask_BxT)[src_BxH][..., None, :]
+  return lang_mask_BxT[:, None, None, :] & ~blocked
+
+
+class Attend(nn.Module):
+  """Multi-head attention over already projected queries, keys and values, then the output Dense.
+
+  Queries and keys may be wider than values (DAB-DETR's cross-attention concatenates a position part to
+  each head); the logits are scaled by the query head width, as in QD-DETR's attention. Weights are
+  sown as ``attention_weights`` (B, heads, Q, K) when apply runs with mutable=["intermediates"].
+  """
+
+  num_heads: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, q_BxQxE, k_BxKxE, v_BxKxD, mask_BxQxK, *, train: bool):
+    heads = lambda x: x.reshape(x.shape[:2] + (self.num_heads, -1))  # noqa: E731
+    rng = self.make_rng("dropout") if train and self.dropout > 0.0 else None
+    out_BxQxHxd = dot_product_attention(
+        heads(q_BxQxE),
+        heads(k_BxKxE),
+        heads(v_BxKxD),
+        mask=mask_BxQxK if mask_BxQxK.ndim == 4 else mask_BxQxK[:, None],
+        dropout_rng=rng,
+        dropout_rate=self.dropout,
+        deterministic=not train,
+        module=self,
+    )
+    out_BxQxD = out_BxQxHxd.reshape(out_BxQxHxd.shape[:2] + (-1,))
+    return nn.Dense(v_BxKxD.shape[-1], name="out_proj")(out_BxQxD)
+
+
+class MultiHeadAttention(nn.Module):
+  """torch.nn.MultiheadAttention: q, k, v Dense projections, attention, output Dense."""
+
+  num_heads: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, q_BxQxD, k_BxKxD, v_BxKxD, mask_BxQxK, *, train: bool):
+    d = q_BxQxD.shape[-1]
+    q = nn.Dense(d, name="q_proj")(q_BxQxD)
+    k = nn.Dense(d, name="k_proj")(k_BxKxD)
+    v = nn.Dense(d, name="v_proj")(v_BxKxD)
+    return Attend(self.num_heads, self.dropout, name="attend")(q, k, v, mask_BxQxK, train=train)
+
+
+class T2VLayer(nn.Module):
+  """One layer of QD-DETR's text-to-video encoder, LMR's VQF (paper Eq. 4).
+
+  Context tokens (clips or their captions) attend to the query's tokens; the residual keeps the
+  un-normalised sum: x = c + Attn(c + pos, t, t); x = norm2(x + FFN(norm1(x))) (QD-DETR's own order).
   """
 
   num_heads: int
   ffn_dim: int
   dropout: float
-  with_ffn: bool = True
 
   @nn.compact
-  def __call__(self, x_BxQxD, kv_BxKxD, mask_BxQxK, *, train: bool, pos_q=0.0, pos_k=0.0):
-    # sow_weights stores the (B, heads, Q, K) weights for the attention figures; it is a no-op unless
-    # apply is called with mutable=["intermediates"].
-    attn = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads,
-        dropout_rate=self.dropout,
-        deterministic=not train,
-        attention_fn=dot_product_attention,
-    )(x_BxQxD + pos_q, kv_BxKxD + pos_k, kv_BxKxD, mask=mask_BxQxK[:, None], sow_weights=True)
-    x = nn.LayerNorm()(x_BxQxD + Dropout(self.dropout, deterministic=not train)(attn))
-    if not self.with_ffn:
-      return x
-    y = FeedForward(self.ffn_dim, self.dropout)(x, train=train)
-    return nn.LayerNorm()(x + Dropout(self.dropout, deterministic=not train)(y))
+  def __call__(self, context_BxLxD, pos_BxLxD, lang_BxTxD, mask, *, train: bool):
+    """``mask``: (B, L, T) or, per head, (B, heads, L, T); True where a clip may attend a token."""
+    attn = MultiHeadAttention(self.num_heads, self.dropout, name="self_attn")(
+        context_BxLxD + pos_BxLxD, lang_BxTxD, lang_BxTxD, mask, train=train
+    )
+    x = context_BxLxD + Dropout(self.dropout, deterministic=not train)(attn)
+    y = FeedForward(self.ffn_dim, self.dropout, name="ffn")(layer_norm("norm1")(x), train=train)
+    x = x + Dropout(self.dropout, deterministic=not train)(y)
+    return layer_norm("norm2")(x)
 
 
-def attention_mask(q_mask_BxQ: jnp.ndarray, k_mask_BxK: jnp.ndarray) -> jnp.ndarray:
-  """Keys are masked; padded query rows attend to everything (their outputs are never used)."""
-  return jnp.broadcast_to(k_mask_BxK[:, None, :], q_mask_BxQ.shape + k_mask_BxK.shape[-1:])
+class EncoderLayer(nn.Module):
+  """A post-norm self-attention layer (DETR's TransformerEncoderLayer, QD-DETR's PReLU FFN)."""
+
+  num_heads: int
+  ffn_dim: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, x_BxLxD, pos_BxLxD, mask_BxL, *, train: bool):
+    qk = x_BxLxD + pos_BxLxD
+    attn = MultiHeadAttention(self.num_heads, self.dropout, name="self_attn")(
+        qk, qk, x_BxLxD, key_mask(mask_BxL, x_BxLxD.shape[1]), train=train
+    )
+    x = layer_norm("norm1")(x_BxLxD + Dropout(self.dropout, deterministic=not train)(attn))
+    y = FeedForward(self.ffn_dim, self.dropout, name="ffn")(x, train=train)
+    return layer_norm("norm2")(x + Dropout(self.dropout, deterministic=not train)(y))
 
 
 class MLP(nn.Module):
+  """Dense layers with ReLU between them (DETR's MLP heads)."""
+
   hidden_dim: int
   out_dim: int
   num_layers: int
+  zero_init_last: bool = False  # DAB-DETR's bbox_embed: refinement starts as the identity
 
   @nn.compact
   def __call__(self, x):
-    for _ in range(self.num_layers - 1):
-      x = nn.relu(nn.Dense(self.hidden_dim)(x))
-    return nn.Dense(self.out_dim)(x)
+    for i in range(self.num_layers - 1):
+      x = nn.relu(nn.Dense(self.hidden_dim, name=f"layers_{i}")(x))
+    init = nn.initializers.zeros if self.zero_init_last else nn.initializers.lecun_normal()
+    return nn.Dense(self.out_dim, kernel_init=init, name=f"layers_{self.num_layers - 1}")(x)

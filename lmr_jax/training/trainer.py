@@ -62,8 +62,9 @@ def example_batch(source, batch_size: int) -> dict:
 
 def predict(predict_fn, params, source, config, mesh) -> list[dict]:
   """Submission records for every query of ``source`` (each process predicts its share of the rows;
-  every process gets all records)."""
+  every process gets all records), windows rounded as ``config.eval_round_to_clip`` says."""
   annotations_by_qid = {a.qid: a for a in source.annotations}
+  round_to = predictions.clip_rounding(config)
   rows = parallel.batch_sharding(mesh)
   records = []
   batches = pipeline.eval_batches(
@@ -74,7 +75,7 @@ def predict(predict_fn, params, source, config, mesh) -> list[dict]:
     for batch in batches:
       outputs = parallel.to_host(predict_fn(params, parallel.global_batch(rows, batch)))
       records += predictions.to_submission_records(
-          outputs, parallel.to_host(batch), annotations_by_qid
+          outputs, parallel.to_host(batch), annotations_by_qid, round_to
       )
       bar.update()
   return records

@@ -1,7 +1,7 @@
 """The VQF cross-attention weights (paper Fig. 5): the model run once more with its sown weights.
 
-Every ``layers.AttentionBlock`` sows its weights into the ``intermediates`` collection, which only an
-apply with ``mutable=["intermediates"]`` keeps; predictions and training never pay for it.
+Every ``layers.Attend`` sows its weights into the ``intermediates`` collection, which only an apply
+with ``mutable=["intermediates"]`` keeps; predictions and training never pay for it.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ def stream_names(model_config) -> list[str]:
 def _apply_with_weights(params, batch, *, model) -> dict:
   _, state = model.apply({"params": params}, batch, train=False, mutable=["intermediates"])
   # With shared VQF weights both streams sow into visual_vqf, visual first; otherwise each into its
-  # own module. Either way visual_vqf then caption_vqf lists them in stream order.
+  # own module. Either way visual_vqf then caption_vqf lists them in stream order. The figure shows
+  # the last of the VQF's T2V layers, whose output enters the context modeling.
+  last = f"layers_{model.config.num_vqf_layers - 1}"
   sown = []
   for module in ("visual_vqf", "caption_vqf"):
     for path, weights in traverse_util.flatten_dict(state["intermediates"].get(module, {})).items():
-      if path[-1] == "attention_weights":
+      if path[0] == last and path[-1] == "attention_weights":
         sown += [w.mean(axis=1) for w in weights]  # (B, heads, clips, tokens) -> mean over heads
   names = stream_names(model.config) if sown else []  # no VQF (use_vqf=False): nothing sown
   assert len(sown) == len(names), f"{len(sown)} VQF attention maps for streams {names}"
