@@ -40,10 +40,27 @@ class UnreadableCheckpointError(CheckpointError):
   """A step directory that cannot be read back: half-written, truncated or otherwise damaged."""
 
 
-def _unreadable(step_dir, error: Exception) -> UnreadableCheckpointError:
-  reason = (str(error).splitlines() or [""])[0][:300]
-  return UnreadableCheckpointError(
-      f"{step_dir}: unreadable checkpoint ({type(error).__name__}: {reason})"
+# What proves a finalised step damaged: tensorstore reports a corrupt, short or missing array file with
+# these status codes (as a ValueError), a damaged metadata file fails to parse, a file orbax wrote is
+# gone. Anything else (other I/O errors, permissions, an orbax or tensorstore API change) says nothing
+# about the files, so it must not cost the user a checkpoint.
+_DAMAGE_STATUS = ("DATA_LOSS:", "OUT_OF_RANGE:", "NOT_FOUND:")
+
+
+def _is_damage(error: Exception) -> bool:
+  if isinstance(error, (json.JSONDecodeError, FileNotFoundError)):
+    return True
+  return type(error) is ValueError and str(error).startswith(_DAMAGE_STATUS)
+
+
+def _read_error(step_dir, error: Exception) -> CheckpointError:
+  """The error for a step that failed to read: UnreadableCheckpointError only for proven damage."""
+  reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+  if _is_damage(error):
+    return UnreadableCheckpointError(f"{step_dir}: unreadable checkpoint ({reason})")
+  return CheckpointError(
+      f"{step_dir}: could not be read ({reason}); this is not a sign of damage, so the step was left "
+      "as it is: fix the cause and rerun"
   )
 
 
@@ -117,8 +134,8 @@ def check_fits(step_dir, abstract_state) -> None:
   path = step_dir / "state"
   try:
     saved = array_specs(ocp.StandardCheckpointHandler().metadata(path))
-  except Exception as e:  # noqa: BLE001 - whatever the damage, the step cannot be used
-    raise _unreadable(step_dir, e) from None
+  except Exception as e:  # noqa: BLE001 - classified: only proven damage may be set aside
+    raise _read_error(step_dir, e) from None
   expected = array_specs(abstract_state)
   # Parameter names first in examples: the optimizer moments repeat them and say less.
   first = lambda names: min(names, key=lambda n: (not n.startswith("params/"), n))  # noqa: E731
@@ -196,21 +213,33 @@ class Checkpointer:
   def restore(self, which: str, abstract_state):
     """Restores (state, DataPosition) into ``abstract_state``'s shapes and shardings.
 
-    A shape or structure mismatch is a CheckpointError. For 'latest', an unreadable step (e.g. a kill
-    during a copy) is set aside as ``{step}.unreadable`` with a warning and the step before it is
-    tried; a named step or 'best' that cannot be read is an UnreadableCheckpointError.
+    A shape or structure mismatch is a CheckpointError. For 'latest', a step proven damaged (e.g. a
+    copy killed midway: truncated arrays, broken metadata) is set aside as ``{step}.unreadable`` with a
+    warning and the step before it is tried; a named step or 'best' that is damaged is an
+    UnreadableCheckpointError. Any other failure to read (I/O, permissions, an API change) is a
+    CheckpointError naming the step and the cause, and nothing is moved or skipped.
     """
     manager, step = self.resolve_step(which)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     if str(which) != "latest":
       return self._restore_step(manager, step, target)
+    newest = step
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        return self._restore_step(manager, step, target)
+        restored = self._restore_step(manager, step, target)
       except UnreadableCheckpointError as e:
-        logging.warning("%s; skipping it, trying the checkpoint before it", e)
+        logging.warning("%s; set aside as %s.unreadable, trying the step before it", e, step)
         _set_aside(manager, step)
-    raise CheckpointError(f"no readable checkpoint in {manager.directory}")
+        continue
+      if step != newest:
+        logging.warning(
+            "resuming from step %d, not the latest step %d (damaged, set aside)", step, newest
+        )
+      return restored
+    raise CheckpointError(
+        f"no readable checkpoint in {manager.directory}: every step was damaged and set aside "
+        "as {step}.unreadable"
+    )
 
   def _restore_step(self, manager: ocp.CheckpointManager, step: int, target):
     step_dir = manager.directory / str(step)
@@ -223,8 +252,8 @@ class Checkpointer:
           ),
       )
       position = DataPosition(**restored.data)
-    except Exception as e:  # noqa: BLE001 - metadata fitted, so the array or JSON data is damaged
-      raise _unreadable(step_dir, e) from None
+    except Exception as e:  # noqa: BLE001 - classified: only proven damage may be set aside
+      raise _read_error(step_dir, e) from None
     logging.info("Restored %s", step_dir)
     return restored.state, position
 

@@ -1,0 +1,122 @@
+"""Checkpoint restore sets a step aside only when its files are proven damaged; any other failure to
+read (I/O, permissions, an API change) is an error naming the step and the cause, and nothing moves.
+"""
+
+import errno
+import logging
+import os
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmr_jax.data.pipeline import DataPosition
+from lmr_jax.training import checkpoint as checkpoint_lib
+
+
+@flax.struct.dataclass
+class _State:
+  step: jax.Array
+  params: dict
+
+
+def _state(step: int) -> _State:
+  return _State(step=jnp.asarray(step), params={"w": jnp.full((64, 8), float(step))})
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  """A workdir whose checkpoints/ holds steps 1 and 2 (params filled with the step number)."""
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=3, best_metric="m")
+  for step in (1, 2):
+    checkpointer.save(_state(step), DataPosition(epoch=0, step=step))
+  checkpointer.close()
+  return str(tmp_path)
+
+
+def _restore(workdir, which="latest", fail=None):
+  """Restores ``which``; ``fail`` = {step: exception} makes orbax's read of those steps raise."""
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=3, best_metric="m")
+  if fail:
+    real_restore = checkpointer.latest.restore
+
+    def restore(step, *args, **kwargs):
+      if step in fail:
+        raise fail[step]
+      return real_restore(step, *args, **kwargs)
+
+    checkpointer.latest.restore = restore
+  try:
+    return checkpointer.restore(which, _state(0))
+  finally:
+    checkpointer.close()
+
+
+def _steps_on_disk(workdir):
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EIO, "Input/output error"),
+        PermissionError(errno.EACCES, "Permission denied"),
+        ValueError("UNAVAILABLE: Error reading local file: connection reset"),
+        TypeError("restore() got an unexpected keyword argument 'args'"),  # an orbax API change
+    ],
+    ids=["io", "permission", "unavailable", "api"],
+)
+def test_a_failure_that_is_not_damage_is_an_error_and_moves_nothing(workdir, error):
+  before = _steps_on_disk(workdir)
+  with pytest.raises(checkpoint_lib.CheckpointError) as raised:
+    _restore(workdir, fail={2: error})
+  message = str(raised.value)
+  assert not isinstance(raised.value, checkpoint_lib.UnreadableCheckpointError)
+  assert f"{os.sep}checkpoints{os.sep}2: could not be read ({type(error).__name__}" in message
+  assert "\n" not in message
+  assert _steps_on_disk(workdir) == before == ["1", "2"]
+
+
+def test_damage_reported_by_tensorstore_sets_the_step_aside_and_says_so(workdir, caplog):
+  error = ValueError('DATA_LOSS: Error decoding local file "manifest.ocdbt"')
+  with caplog.at_level(logging.WARNING):
+    state, position = _restore(workdir, fail={2: error})
+  assert int(state.step) == 1 and position == DataPosition(epoch=0, step=1)
+  np.testing.assert_array_equal(np.asarray(state.params["w"]), 1.0)
+  assert _steps_on_disk(workdir) == ["1", "2.unreadable"]
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("2: unreadable checkpoint (ValueError: DATA_LOSS" in m for m in messages)
+  assert any("resuming from step 1, not the latest step 2" in m for m in messages)
+
+
+def _truncate_arrays(step_dir):
+  for directory, _, names in os.walk(os.path.join(step_dir, "state")):
+    if os.sep + "d" in directory:
+      for name in names:
+        path = os.path.join(directory, name)
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+
+
+def _remove_metadata(step_dir):
+  os.remove(os.path.join(step_dir, "state", "_METADATA"))
+
+
+@pytest.mark.parametrize("damage", [_truncate_arrays, _remove_metadata])
+def test_real_damage_is_recognised(workdir, damage):
+  damage(os.path.join(workdir, "checkpoints", "2"))
+  with pytest.raises(checkpoint_lib.UnreadableCheckpointError, match=r"2: unreadable checkpoint"):
+    _restore(workdir, which="2")
+  assert _steps_on_disk(workdir) == ["1", "2"]  # a named step is never moved
+
+
+def test_every_step_damaged_is_an_error_not_a_fresh_start(workdir):
+  for step in ("1", "2"):
+    _truncate_arrays(os.path.join(workdir, "checkpoints", step))
+  with pytest.raises(
+      checkpoint_lib.CheckpointError, match=r"no readable checkpoint in .*checkpoints"
+  ):
+    _restore(workdir)
+  assert _steps_on_disk(workdir) == ["1.unreadable", "2.unreadable"]
