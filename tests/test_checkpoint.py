@@ -120,3 +120,14 @@ def test_every_step_damaged_is_an_error_not_a_fresh_start(workdir):
   ):
     _restore(workdir)
   assert _steps_on_disk(workdir) == ["1.unreadable", "2.unreadable"]
+
+
+def test_quieting_orbax_twice_adds_one_filter():
+  from absl import logging as absl_logging  # noqa: PLC0415
+
+  handler = absl_logging.get_absl_handler()
+  before = len(handler.filters)
+  checkpoint_lib.quiet_orbax_logs()
+  checkpoint_lib.quiet_orbax_logs()
+  assert len(handler.filters) <= before + 1
+  assert sum(isinstance(f, checkpoint_lib._DropOrbaxInfo) for f in handler.filters) == 1

@@ -21,15 +21,21 @@ from jax.experimental import multihost_utils
 from lmr_jax.data.pipeline import DataPosition
 
 
+class _DropOrbaxInfo(logging.Filter):
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_DROP_ORBAX_INFO = _DropOrbaxInfo()
+
+
 def quiet_orbax_logs() -> None:
-  """Drops orbax's INFO records (a dozen per save) from the absl log; warnings and errors stay."""
-
-  class _Filter(logging.Filter):
-
-    def filter(self, record):
-      return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-  absl_logging.get_absl_handler().addFilter(_Filter())
+  """Drops orbax's INFO records (a dozen per save) from the absl log; warnings and errors stay.
+  Called by the entry points, never at import; calling it again adds nothing."""
+  handler = absl_logging.get_absl_handler()
+  if _DROP_ORBAX_INFO not in handler.filters:
+    handler.addFilter(_DROP_ORBAX_INFO)
 
 
 class CheckpointError(ValueError):
