@@ -16,6 +16,8 @@ import numpy as np
 
 from lmr_jax.data.annotations import DataError
 
+TEF_DIM = 2  # the temporal endpoints [i/L, (i+1)/L] appended to each clip's visual features
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
@@ -44,7 +46,14 @@ class FeatureSpec:
 
   @property
   def video_dim(self) -> int:
-    return sum(self.visual_dims) + (2 if self.use_tef else 0)
+    return sum(self.visual_dims) + (TEF_DIM if self.use_tef else 0)
+
+
+def write_npz(path: str, **arrays: np.ndarray) -> None:
+  """Writes ``path`` whole or not at all (a temporary file renamed into place)."""
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(path + ".tmp", path)
 
 
 def read_npz_array(path: str, key: str, dim: int, context: str) -> np.ndarray:

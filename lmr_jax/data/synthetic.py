@@ -25,6 +25,8 @@ import zlib
 
 import numpy as np
 
+from lmr_jax.data import features as features_lib
+
 ACTORS = (
     "man",
     "woman",
@@ -233,12 +235,6 @@ class _VisualBasis:
     return out
 
 
-def _write_npz(path: str, **arrays) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def _saliency_scores(rng: np.random.Generator, length: int) -> list[list[int]]:
   """Three annotators, peaked towards the middle of the event, integers in [1, 4]."""
   middle = 1.0 - np.abs(np.linspace(-1.0, 1.0, length))
@@ -271,9 +267,11 @@ def generate_split(
     slowfast, clip = basis.features(rng, cfg, events, num_clips)
     captions = [_caption(rng, cfg, clip_event[c]) for c in range(num_clips)]
     instructions = [f"synthetic caption style {rng.integers(10)}" for _ in range(num_clips)]
-    _write_npz(os.path.join(feat_dir, "slowfast_features", f"{vid}.npz"), features=slowfast)
-    _write_npz(os.path.join(feat_dir, "clip_features", f"{vid}.npz"), features=clip)
-    _write_npz(
+    features_lib.write_npz(
+        os.path.join(feat_dir, "slowfast_features", f"{vid}.npz"), features=slowfast
+    )
+    features_lib.write_npz(os.path.join(feat_dir, "clip_features", f"{vid}.npz"), features=clip)
+    features_lib.write_npz(
         os.path.join(feat_dir, "caption_features", f"{vid}.npz"),
         features=np.stack([embed_tokens(c, cfg.caption_dim, "llm").mean(0) for c in captions]),
         captions=np.array(captions),
@@ -283,11 +281,11 @@ def generate_split(
       qid = first_qid + len(records)
       words = dict(actor=ACTORS[actor], action=ACTIONS[action], scene=SCENES[scene])
       query = QUERY_TEMPLATES[rng.integers(len(QUERY_TEMPLATES))].format(**words)
-      _write_npz(
+      features_lib.write_npz(
           os.path.join(feat_dir, "clip_text_features", f"qid{qid}.npz"),
           last_hidden_state=embed_tokens(query, cfg.text_dim, "clip"),
       )
-      _write_npz(
+      features_lib.write_npz(
           os.path.join(feat_dir, "caption_query_features", f"qid{qid}.npz"),
           last_hidden_state=embed_tokens(query, cfg.caption_dim, "llm"),
       )

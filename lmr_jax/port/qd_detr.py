@@ -27,6 +27,9 @@ from typing import Callable
 
 import numpy as np
 
+from lmr_jax.data import dataset
+from lmr_jax.data import features as features_lib
+
 
 class PortError(ValueError):
   """A QD-DETR checkpoint or fixture that cannot be mapped onto LMR's QD-DETR base."""
@@ -151,7 +154,7 @@ def model_config_for(dims: dict) -> "ml_collections.ConfigDict":  # noqa: F821
     d.max_query_tokens = dims.get("max_q_l", d.max_query_tokens)
     d.max_clips = dims.get("max_v_l", d.max_clips)
     d.clip_len = float(dims.get("clip_length", d.clip_len))
-    tef = 2 if d.use_tef else 0
+    tef = features_lib.TEF_DIM if d.use_tef else 0
     if sum(d.visual_dims) + tef != dims["v_dim"]:
       # Not the QVHighlights SlowFast+CLIP layout: keep the width, one stream of that size.
       d.visual_streams = ("video_features",)
@@ -186,7 +189,7 @@ def _check_params(params: dict[str, np.ndarray], config, source: str) -> dict:
 def _dummy_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   d = config.data
   clips, tokens = d.max_clips, d.max_query_tokens
-  video_dim = sum(d.visual_dims) + (2 if d.use_tef else 0)
+  video_dim = dataset.feature_spec(d).video_dim
   return {
       "video_feats": np.zeros((batch_size, clips, video_dim), np.float32),
       "video_mask": np.ones((batch_size, clips), bool),
@@ -360,7 +363,7 @@ def config_from_options(opt: dict, source: str, visual_dims: tuple[int, ...] | N
     if "use_tef" in opt:
       config.data.use_tef = bool(opt["use_tef"])
     streams = tuple(os.path.basename(os.path.normpath(p)) for p in opt.get("v_feat_dirs") or ())
-    tef = 2 if config.data.use_tef else 0
+    tef = features_lib.TEF_DIM if config.data.use_tef else 0
     if visual_dims is None and streams and all(s in KNOWN_STREAM_DIMS for s in streams):
       visual_dims = tuple(KNOWN_STREAM_DIMS[s] for s in streams)
     if visual_dims is not None:
@@ -405,16 +408,6 @@ def port_checkpoint(checkpoint_path: str, workdir: str, visual_dims: tuple[int, 
   return config
 
 
-def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """Writes ``path`` whole or not at all (a temporary file renamed into place)."""
-  try:
-    with open(path + ".tmp", "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(path + ".tmp", path)
-  except OSError as e:
-    raise PortError(f"{path}: cannot write ({e.strerror})") from None
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m lmr_jax.port.qd_detr", description=__doc__.split("\n\n")[0]
@@ -447,7 +440,10 @@ def main(argv=None) -> int:
       if not args.outputs:
         parser.error("a fixture needs --outputs OUT.npz")
       result = run_fixture(args.fixture)
-      _write_npz(args.outputs, result)
+      try:
+        features_lib.write_npz(args.outputs, **result)
+      except OSError as e:
+        raise PortError(f"{args.outputs}: cannot write ({e.strerror})") from None
       print(f"wrote {args.outputs} ({len(result)} arrays)")
     else:
       parser.error("give a fixture or --checkpoint")
