@@ -1,4 +1,5 @@
-r"""Evaluates a trained LMR checkpoint: a thin absl entry point around ``run_eval.evaluate_checkpoint``.
+r"""Evaluates a trained LMR checkpoint: a thin absl entry point around
+``lmr_jax.commands.evaluate.evaluate_checkpoint``.
 
   python eval.py --config=configs/qvh.py --workdir=workdir/qvh                  # best checkpoint, val
   python eval.py --config=configs/qvh.py --workdir=workdir/qvh --cqval          # + C-QVal (Tab. IV)
@@ -20,7 +21,8 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lmr_jax.evaluation import run_eval  # noqa: E402
+from lmr_jax.commands import evaluate  # noqa: E402
+from lmr_jax.errors import LmrError  # noqa: E402
 from lmr_jax.training import checkpoint  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -52,7 +54,7 @@ def main(argv):
   checkpoint.quiet_orbax_logs()
   logging.info("Config:\n%s", _CONFIG.value)
   try:
-    run_eval.evaluate_checkpoint(
+    evaluate.evaluate_checkpoint(
         _CONFIG.value,
         _WORKDIR.value,
         _CHECKPOINT.value,
@@ -61,7 +63,7 @@ def main(argv):
         _OUTPUT_DIR.value,
         _PLOTS.value,
     )
-  except run_eval.ERRORS as e:
+  except LmrError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -27,7 +27,8 @@ import tempfile  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from lmr_jax.data.annotations import DataError  # noqa: E402
+from lmr_jax import fileio  # noqa: E402
+from lmr_jax.errors import LmrError  # noqa: E402
 from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
 from lmr_jax.training import checkpoint  # noqa: E402
 
@@ -85,8 +86,6 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Caption length lim
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the per-clip caption instruction draw.")
 flags.mark_flags_as_required(["workdir"])
 
-ERRORS = (predictor_lib.PredictError, DataError, checkpoint.CheckpointError)
-
 
 def _query_texts() -> list[str]:
   texts = list(_QUERY.value)
@@ -142,7 +141,8 @@ def _encoders(config):
   )
 
 
-def predict() -> list[dict]:
+def records_from_flags() -> list[dict]:
+  """The flags checked, the inputs loaded and the records of every query, best moments first."""
   texts = _query_texts()
   _check_inputs(texts)
   config = predictor_lib.load_workdir_config(_WORKDIR.value)
@@ -176,14 +176,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   checkpoint.quiet_orbax_logs()
   try:
-    records = predict()
-  except ERRORS as e:
+    records = records_from_flags()
+  except LmrError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
   if _OUTPUT.value:
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-      f.write(lines)
+    fileio.atomic_write_text(_OUTPUT.value, lines)
     logging.info("wrote %d predictions to %s", len(records), _OUTPUT.value)
   else:
     sys.stdout.write(lines)

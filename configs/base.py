@@ -91,7 +91,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
-  config.evals = ("qvhighlights",)  # keys of lmr_jax.training.trainer.EVALUATORS
+  config.evals = ("qvhighlights",)  # keys of lmr_jax.evaluation.evaluators.METRICS
   config.best_metric = "MR-full-mAP"
   config.eval_split = "val"
   # True: eval, training eval and predict round each predicted window end to a multiple of

@@ -10,8 +10,8 @@ fp32 matmul measured in the same run, inference latency per query at batch 1 and
 spent in matching + losses, tf.data throughput on a small synthetic dataset in the real on-disk format,
 and the peak RSS; each with its target and pass/fail.
 
-The model, optimizer and jitted steps are the training code's own (trainer.build_model,
-train_step.make_optimizer / jit_train_step / jit_predict_step); inputs are random with the real shapes and
+The model, optimizer and jitted steps are the training code's own (state_lib.build_model,
+train_step.make_optimizer / jit_train_step / jit_eval_step); inputs are random with the real shapes and
 masks (videos of 2/3 to all of max_clips clips, 1 to 3 windows).
 """
 
@@ -38,11 +38,13 @@ import ml_collections
 import numpy as np
 
 from lmr_jax.data import dataset
+from lmr_jax.data import features as features_lib
+from lmr_jax.errors import ConfigError
 from lmr_jax.data import pipeline
 from lmr_jax.data import synthetic
 from lmr_jax.losses import losses
 from lmr_jax.training import train_step as train_step_lib
-from lmr_jax.training import trainer
+from lmr_jax.training import state as state_lib
 
 QVH_TRAIN_QUERIES = 7218
 
@@ -68,14 +70,14 @@ ROWS = (
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """``path/to/config.py[:arg]`` -> ``get_config(arg)``, as ml_collections' config_flags reads it."""
   path, _, arg = spec.partition(":")
-  # The config files import their siblings as ``configs.base``: the folder above configs/ must be
-  # importable wherever the benchmark is started from.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
   module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except ModuleNotFoundError as e:  # the configs import their siblings as ``configs.base``
+    raise ConfigError(
+        f"{path}: cannot import {e.name!r}; run the benchmark from the repository root"
+    ) from None
   return module.get_config(arg)
 
 
@@ -93,7 +95,9 @@ def random_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str,
   )
   features = lambda *shape: rng.standard_normal(shape, np.float32)  # noqa: E731
   batch = {
-      "video_feats": features(batch_size, clips, dataset.feature_spec(data).video_dim)
+      "video_feats": features(
+          batch_size, clips, features_lib.FeatureSpec.from_config(data).video_dim
+      )
       * video_mask_BxL[..., None],
       "video_mask": video_mask_BxL,
       "query_feats": features(batch_size, tokens, data.query_dim) * query_mask_BxT[..., None],
@@ -231,16 +235,19 @@ def run_benchmark(
     profile_dir: str = "",
 ) -> tuple[dict[str, float], list]:
   """Measures every figure of ``ROWS``; returns them by key, and with ``profile_dir`` the train
-  step's ops ranked by time (``profile_ops``; empty otherwise)."""
+  step's ops ranked by time (``profile_ops``; empty otherwise).
+
+  Long because the order of the measurements is part of what they mean (the peak RSS is read after
+  training and inference and before the dataset is written), and one function shows that order."""
   batch_size = batch_size or config.batch_size
   rng = np.random.default_rng(0)
   results = {}
 
   batch = random_batch(config, batch_size, rng)
-  model = trainer.build_model(config)
+  model = state_lib.build_model(config)
   total_steps = config.num_epochs * (train_queries // batch_size)
   tx, _ = train_step_lib.make_optimizer(config.optim, total_steps)
-  state = trainer.init_state(config, model, tx, batch)
+  state = state_lib.init_state(config, model, tx, batch)
   batch = jax.device_put(batch)
   key = jax.random.key(config.seed + 1)
 
@@ -280,7 +287,7 @@ def run_benchmark(
   jax.block_until_ready(loss_grad(outputs, batch))
   results["loss_share"] = 100 * median_seconds(lambda: loss_grad(outputs, batch), steps) / step_s
 
-  predict = train_step_lib.jit_predict_step(model)
+  predict = train_step_lib.jit_eval_step(model)
   for size in (1, 32):
     eval_batch = jax.device_put(random_batch(config, size, rng))
     jax.block_until_ready(predict(state.params, eval_batch))

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,13 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from lmr_jax import fileio
+
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """QVHighlights-style annotations: one JSON object per non-empty line."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """QVHighlights-style annotations: one JSON object per non-empty line (lmr_jax's one reader, so a
+  malformed line is one error naming the file and line)."""
+  return [record for record, _ in fileio.read_jsonl(path, what="annotation file")]
 
 
 def load_queries(paths: Iterable[str | os.PathLike]) -> dict[int, str]:
@@ -63,30 +64,16 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     yield batch
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-  """Write through a temporary file in the same directory, then rename it over `path`.
-
-  os.replace is atomic on POSIX, so readers (and resumed runs) see either no file or a complete one.
-  """
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, mode) as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-  """Atomically write an uncompressed .npz (string arrays are stored as numpy unicode, never pickled)."""
-  _atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
+  """Atomically write an uncompressed .npz (string arrays are stored as numpy unicode, never pickled):
+  readers and resumed runs see no file or a complete one."""
+  with fileio.atomic_file(path) as f:
+    np.savez(f, **arrays)
 
 
 def save_json(path: Path, obj: Any) -> None:
   """Atomically write a UTF-8 JSON file."""
-  _atomic_write(path, lambda f: json.dump(obj, f, ensure_ascii=False, indent=1), "w")
+  fileio.atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=1))
 
 
 def shard_keys(keys: Iterable, shard: int, num_shards: int) -> list:

@@ -54,11 +54,11 @@ def tiny_trained(tiny_data_root, tmp_path_factory):
   """(config, workdir, final metrics) of one training run of configs/tiny.py on the session's 4
   devices (2 epochs, a checkpoint every 3 steps and per epoch), shared by the tests that read a trained
   workdir without changing it."""
-  from lmr_jax.training import trainer  # noqa: PLC0415 - after the JAX settings above
+  from lmr_jax.commands import train as train_lib  # noqa: PLC0415 - after the JAX settings above
 
   config = tiny_config(tiny_data_root)
   workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
-  return config, workdir, trainer.train_and_evaluate(config, workdir)
+  return config, workdir, train_lib.train_and_evaluate(config, workdir)
 
 
 def restore_checkpoint(config, workdir: str, which: str = "latest", num_devices: int | None = None):
@@ -67,15 +67,15 @@ def restore_checkpoint(config, workdir: str, which: str = "latest", num_devices:
   from lmr_jax.data import dataset  # noqa: PLC0415 - after the JAX settings above
   from lmr_jax.training import checkpoint as checkpoint_lib  # noqa: PLC0415
   from lmr_jax.training import parallel  # noqa: PLC0415
+  from lmr_jax.training import state as state_lib  # noqa: PLC0415
   from lmr_jax.training import train_step as train_step_lib  # noqa: PLC0415
-  from lmr_jax.training import trainer  # noqa: PLC0415
 
   source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  model = trainer.build_model(config)
+  model = state_lib.build_model(config)
   tx, _ = train_step_lib.make_optimizer(config.optim, 1)
   mesh = parallel.make_mesh(config.num_devices if num_devices is None else num_devices)
-  abstract, _ = trainer.sharded_state_layout(
-      config, model, tx, mesh, trainer.example_batch(source, config.batch_size)
+  abstract, _ = state_lib.sharded_state_layout(
+      config, model, tx, mesh, state_lib.zeros_batch(source.element_spec(), config.batch_size)
   )
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   try:

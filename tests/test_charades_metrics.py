@@ -1,15 +1,17 @@
 """Charades-STA R@k / mIoU / mAP on hand-computed cases, mAP against the QVHighlights evaluator, and
-the CLI's --dataset charades."""
+the CLI's --evaluator charades_sta."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from lmr_jax.evaluate import main
+from lmr_jax.commands.score import main
 from lmr_jax.evaluation import qvh_metrics
 from lmr_jax.evaluation.charades_metrics import eval_charades, top_k_ious
-from lmr_jax.evaluation.submission import SubmissionError, write_jsonl
+from lmr_jax.evaluation.submission import SubmissionError
+from lmr_jax.fileio import write_jsonl
 
 
 def _pred(qid, windows):
@@ -114,11 +116,13 @@ def test_cli_charades(tmp_path, capsys):
       str(tmp_path / "preds.jsonl"),
       "--gt",
       str(tmp_path / "gt.jsonl"),
-      "--dataset",
-      "charades",
+      "--evaluator",
+      "charades_sta",
   ]
   assert main(argv) == 0
-  table = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-1])
+  out = capsys.readouterr().out
+  table = dict(re.findall(r"^\| (\S+) \| (\S+) \|$", out, re.M))
+  assert table.pop("metric") == "value"
   assert table == {
       "R1@0.3": "66.67",
       "R1@0.5": "66.67",

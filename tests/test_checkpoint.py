@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lmr_jax.data.position import DataPosition
 from lmr_jax.data.pipeline import DataPosition
 from lmr_jax.training import checkpoint as checkpoint_lib
 

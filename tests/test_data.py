@@ -10,7 +10,8 @@ from conftest import FIXTURES, TINY_SYNTHETIC, tiny_config
 from lmr_jax.data import annotations as annotations_lib
 from lmr_jax.data import dataset, features, pipeline, synthetic
 from lmr_jax.data.annotations import DataError
-from lmr_jax.data.examples import saliency_pairs
+from lmr_jax.data.examples import ExampleSource, saliency_pairs
+from lmr_jax.data.position import DataPosition
 
 REAL_FILES = {
     "highlight_train_release.jsonl": (5, True),
@@ -24,13 +25,19 @@ REAL_FILES = {
 
 @pytest.mark.parametrize("name", sorted(REAL_FILES))
 def test_real_annotation_files_parse(name):
-  anns = annotations_lib.load_annotations(os.path.join(FIXTURES, "annotations", name))
+  path = os.path.join(FIXTURES, "annotations", name)
+  anns = annotations_lib.load_annotations(path)
   count, labelled = REAL_FILES[name]
-  assert len(anns) == count
-  assert all(a.has_labels == labelled for a in anns)
-  for a in anns:
-    assert all(0 <= st < ed <= a.duration for st, ed in a.windows)
-    assert len(a.relevant_clip_ids) == len(a.saliency_scores)
+  with open(path) as f:
+    raw = [json.loads(line) for line in f if line.strip()]
+  assert len(anns) == len(raw) == count
+  for a, r in zip(anns, raw):  # every field as the file has it, read without our parser
+    assert (a.qid, a.query, a.vid, a.duration) == (r["qid"], r["query"], r["vid"], r["duration"])
+    assert [list(w) for w in a.windows] == r.get("relevant_windows", [])
+    assert list(a.relevant_clip_ids) == r.get("relevant_clip_ids", [])
+    assert [list(s) for s in a.saliency_scores] == r.get("saliency_scores", [])
+    assert a.has_labels == labelled
+    assert a.to_record() == {k: v for k, v in r.items() if k in a.to_record()}
 
 
 def test_qvh_line_fields():
@@ -102,6 +109,11 @@ def _spec(root, **changes):
   return features.FeatureSpec(**values)
 
 
+def _source(anns, spec, *, with_captions, preload=True, **kwargs):
+  store = features.NpzStore(spec, with_captions)
+  return ExampleSource(anns, store, spec, with_captions=with_captions, preload=preload, **kwargs)
+
+
 def _write(root, directory, name, **arrays):
   os.makedirs(os.path.join(root, directory), exist_ok=True)
   np.savez(os.path.join(root, directory, name), **arrays)
@@ -152,6 +164,64 @@ def test_captions_mapped_onto_shorter_visual_clips():
   mapped = features.captions_per_clip(captions, 2.0, 0.5)  # 12 clips of 0.5 s
   np.testing.assert_array_equal(mapped[:, 0], np.repeat([0, 1, 2], 4))
   assert features.captions_per_clip(captions, 2.0, 2.0) is captions
+
+
+def test_examples_map_two_second_captions_onto_half_second_clips(tmp_path):
+  """Charades-STA: 2 s captions over 0.5 s visual clips; clip i gets the caption over its midpoint,
+  and the video is cut to the captioned time."""
+  root = str(tmp_path)
+  rng = np.random.default_rng(3)
+  _write(root, "a", "v.npz", features=rng.normal(size=(14, 4)))
+  _write(root, "b", "v.npz", features=rng.normal(size=(14, 3)))
+  captions = np.arange(3, dtype=np.float32)[:, None] + np.zeros((1, 6), np.float32)  # 3 x 2 s = 6 s
+  _write(root, "c", "v.npz", features=captions)
+  _write(root, "q", "qid1.npz", last_hidden_state=np.ones((3, 5)))
+  _write(root, "cq", "qid1.npz", last_hidden_state=np.ones((3, 6)))
+  ann = annotations_lib.parse_annotation(
+      {"qid": 1, "query": "x", "duration": 7, "vid": "v", "relevant_windows": [[1, 3]]}, "t:1"
+  )
+  spec = _spec(root, clip_len=0.5, caption_clip_len=2.0, max_clips=16)
+  ex = _source([ann], spec, with_captions=True, max_windows=2, training=True).example(0)
+  assert ex["video_mask"].sum() == 12  # 14 visual clips, captions cover 12 of them
+  np.testing.assert_array_equal(ex["caption_feats"][:12, 0], np.repeat([0, 1, 2], 4))
+  assert not ex["caption_feats"][12:].any()
+  assert ex["duration"] == 6.0
+  np.testing.assert_array_equal(np.flatnonzero(ex["saliency"]), np.arange(2, 6))  # 1 s .. 3 s
+
+
+def test_lazy_source_reads_features_on_first_use(tmp_path):
+  """preload=False reads nothing at construction (a missing file fails at its example, not before)
+  and gives the preloaded source's examples."""
+  root = str(tmp_path)
+  rng = np.random.default_rng(4)
+  anns = []
+  for q, vid in ((1, "v"), (2, "w")):
+    for d, dim in (("a", 4), ("b", 3), ("c", 6)):
+      _write(root, d, f"{vid}.npz", features=rng.normal(size=(6, dim)))
+    _write(root, "q", f"qid{q}.npz", last_hidden_state=rng.normal(size=(3, 5)))
+    _write(root, "cq", f"qid{q}.npz", last_hidden_state=rng.normal(size=(2, 6)))
+    anns.append(
+        annotations_lib.parse_annotation(
+            {"qid": q, "query": "x", "duration": 12, "vid": vid, "relevant_windows": [[2, 6]]},
+            f"t:{q}",
+        )
+    )
+  kwargs = dict(with_captions=True, max_windows=2, training=False)
+  eager = _source(anns, _spec(root), **kwargs)
+  lazy = _source(anns, _spec(root), preload=False, **kwargs)
+  assert lazy.store.clip_counts("v") is None  # nothing read yet
+  for i in range(2):
+    eager_example, lazy_example = eager.example(i), lazy.example(i)
+    assert sorted(eager_example) == sorted(lazy_example)
+    for key in eager_example:
+      np.testing.assert_array_equal(lazy_example[key], eager_example[key])
+  os.remove(os.path.join(root, "b", "w.npz"))
+  lazy = _source(anns, _spec(root), preload=False, **kwargs)  # constructs: nothing is read
+  lazy.example(0)
+  with pytest.raises(DataError, match=r"b/w.npz: missing feature file"):
+    lazy.example(1)
+  with pytest.raises(DataError, match=r"b/w.npz: missing feature file"):
+    _source(anns, _spec(root), **kwargs)
 
 
 def test_query_tokens_truncated_and_validated(tmp_path):
@@ -213,7 +283,7 @@ def test_window_subset_and_truncation_policy(tmp_path):
   ann = annotations_lib.parse_annotation(
       {"qid": 1, "query": "x", "duration": 24, "vid": "v", "relevant_windows": windows}, "t:1"
   )
-  source = pipeline.ExampleSource(
+  source = _source(
       [ann], _spec(root, max_clips=10), with_captions=True, max_windows=3, training=True
   )
   ex = source.example(0, np.random.default_rng(0))
@@ -324,7 +394,7 @@ def test_training_query_without_window_in_kept_clips_is_dropped(tmp_path, caplog
       )
       for q, w in ((1, [18, 22]), (2, [2, 4]))
   ]
-  source = pipeline.ExampleSource(
+  source = _source(
       anns, _spec(root, max_clips=8), with_captions=False, max_windows=5, training=True
   )
   assert [a.qid for a in source.annotations] == [2]
@@ -341,22 +411,26 @@ def test_train_order_deterministic_and_resumable(tiny_sources):
   steps = pipeline.steps_per_epoch(len(train), 4)
   run = _all_batches(train, 2 * steps + 1)
   again = _all_batches(train, 2 * steps + 1)
-  for (p1, b1), (p2, b2) in zip(run, again):
+  for (p1, _, b1), (p2, _, b2) in zip(run, again):
     assert p1 == p2
     for k in b1:
       np.testing.assert_array_equal(b1[k], b2[k])
   # Epochs are different permutations.
-  assert not np.array_equal(run[0][1]["qid"], run[steps][1]["qid"])
+  assert not np.array_equal(run[0].arrays["qid"], run[steps].arrays["qid"])
   # Resuming at any position yields exactly the remaining batches.
-  start = run[steps + 1][0]
+  # Each batch says where the stream stands after it: the position a checkpoint saves.
+  for batch, following in zip(run, run[1:]):
+    assert batch.next_position == following.position
+  assert run[steps - 1].next_position == DataPosition(1, 0)
+  start = run[steps + 1].position
   resumed = _all_batches(train, steps, start=start)
-  for (p1, b1), (p2, b2) in zip(run[steps + 1 :], resumed):
+  for (p1, _, b1), (p2, _, b2) in zip(run[steps + 1 :], resumed):
     assert p1 == p2
     assert sorted(b1) == sorted(b2)
     for k in b1:  # the random window subsets and saliency pairs too
       np.testing.assert_array_equal(b1[k], b2[k])
-  other_seed = next(pipeline.train_batches(train, 4, seed=6))[1]
-  assert not np.array_equal(other_seed["qid"], run[0][1]["qid"])
+  other_seed = next(pipeline.train_batches(train, 4, seed=6)).arrays
+  assert not np.array_equal(other_seed["qid"], run[0].arrays["qid"])
 
 
 def test_per_process_shards_assemble_the_single_process_batches(tiny_sources):
@@ -369,11 +443,11 @@ def test_per_process_shards_assemble_the_single_process_batches(tiny_sources):
   for p in range(2):
     it = pipeline.train_batches(train, 4, seed=5, process_index=p, process_count=2)
     shards.append([next(it) for _ in range(2 * steps)])
-  for s, (position, batch) in enumerate(whole):
+  for s, (position, _, batch) in enumerate(whole):
     assert shards[0][s][0] == shards[1][s][0] == position
     for key in batch:
       np.testing.assert_array_equal(
-          np.concatenate([shards[0][s][1][key], shards[1][s][1][key]]), batch[key]
+          np.concatenate([shards[0][s].arrays[key], shards[1][s].arrays[key]]), batch[key]
       )
   with pytest.raises(ValueError, match="not divisible"):
     next(pipeline.train_batches(train, 4, seed=5, process_index=0, process_count=3))
@@ -406,6 +480,25 @@ def test_synthetic_generator_is_seeded(tmp_path):
   np.testing.assert_array_equal(x, y)
   test_lines = [json.loads(l) for l in open(a["test"])]
   assert all("relevant_windows" not in r for r in test_lines)
+
+
+def test_synthetic_data_is_fingerprinted_by_its_settings(tmp_path):
+  config = tiny_config(str(tmp_path / "s"))
+  config.data.generate_synthetic = True
+  config.data.synthetic = dict(vars(TINY_SYNTHETIC), train_videos=2, val_videos=1, test_videos=1)
+  settings = tmp_path / "s" / synthetic.SETTINGS_FILE
+  synthetic.ensure(config.data)
+  written = settings.stat().st_mtime_ns
+  synthetic.ensure(config.data)  # the same settings: reused as it is
+  assert settings.stat().st_mtime_ns == written
+  config.data.synthetic.seed += 1
+  with pytest.raises(
+      DataError, match=r"synthetic_config.json: .*other settings: seed=.*\(config: "
+  ):
+    synthetic.ensure(config.data)
+  settings.unlink()  # an interrupted write: made anew
+  synthetic.ensure(config.data)
+  assert json.loads(settings.read_text())["seed"] == config.data.synthetic.seed
 
 
 def test_synthetic_target_and_distractor_look_alike_but_captions_differ(tiny_data_root):

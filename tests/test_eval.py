@@ -1,4 +1,4 @@
-"""eval.py / run_eval on a tiny model trained once for the module: submissions, metrics, mismatches, C-QVal."""
+"""eval.py / commands.evaluate on a tiny model trained once for the module: submissions, metrics, mismatches, C-QVal."""
 
 import json
 import os
@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from lmr_jax.commands import evaluate as evaluate_lib
 from lmr_jax.data import dataset
-from lmr_jax.evaluation import qvh_metrics, run_eval
+from lmr_jax.evaluation import cqval, qvh_metrics
 from lmr_jax.evaluation.cqval import GRID, load_spacy
 from lmr_jax.evaluation.submission import read_submission
 from lmr_jax.training.checkpoint import CheckpointError
@@ -34,7 +35,7 @@ def trained(tiny_trained):
 @pytest.fixture(scope="module")
 def best(trained):
   config, workdir = trained
-  return run_eval.evaluate_checkpoint(config, workdir)
+  return evaluate_lib.evaluate_checkpoint(config, workdir)
 
 
 def _annotations(config, split):
@@ -58,8 +59,8 @@ def _check_submission(path, annotations, clip_len, max_clips):
 def test_best_latest_and_step_write_submission_and_official_metrics(trained, best):
   config, workdir = trained
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
-  latest = run_eval.evaluate_checkpoint(config, workdir, "latest")
-  early = run_eval.evaluate_checkpoint(config, workdir, steps[0])
+  latest = evaluate_lib.evaluate_checkpoint(config, workdir, "latest")
+  early = evaluate_lib.evaluate_checkpoint(config, workdir, steps[0])
   assert (best["step"], latest["step"], early["step"]) == (
       int(os.listdir(os.path.join(workdir, "best"))[0]),
       steps[-1],
@@ -79,24 +80,31 @@ def test_best_latest_and_step_write_submission_and_official_metrics(trained, bes
         metrics["brief"]
     )
     assert set(metrics["full"]["MR-mAP"]) >= {"0.5", "0.75", "average"}
-  # The same records scored by the evaluator directly: eval.py adds nothing to the official numbers.
-  direct = qvh_metrics.eval_submission(
-      read_submission(best["submission"]), list(annotations.values())
-  )
-  assert direct == best["metrics"]
+  # A restored checkpoint scores exactly what training logged for that step (same params, batches
+  # and post-processing), and best/ holds the step whose logged best_metric is the highest.
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [r for r in map(json.loads, f) if f"val/{config.best_metric}" in r]
+  by_step = {r["step"]: r for r in logged}
+  best_values = [r[f"val/{config.best_metric}"] for r in logged]
+  assert len(set(best_values)) > 1  # the choice is not trivial
+  assert by_step[best["step"]][f"val/{config.best_metric}"] == max(best_values)
+  for result in (best, latest):
+    assert {f"val/{k}": v for k, v in result["metrics"]["brief"].items()} == {
+        k: v for k, v in by_step[result["step"]].items() if k.startswith("val/")
+    }
 
 
 def test_unlabelled_split_writes_the_submission_only(trained, capsys):
   config, workdir = trained
   out = os.path.join(workdir, "test_eval")
-  result = run_eval.evaluate_checkpoint(config, workdir, "best", split="test", output_dir=out)
+  result = evaluate_lib.evaluate_checkpoint(config, workdir, "best", split="test", output_dir=out)
   annotations = _annotations(config, "test")
   assert result["metrics"] is None and result["num_queries"] == len(annotations)
   assert sorted(os.listdir(out)) == ["submission.jsonl"]
   _check_submission(result["submission"], annotations, config.data.clip_len, config.data.max_clips)
   assert "no metrics" in capsys.readouterr().out
-  with pytest.raises(run_eval.EvalError, match="--cqval needs a labelled split"):
-    run_eval.evaluate_checkpoint(config, workdir, "best", split="test", cqval=True)
+  with pytest.raises(evaluate_lib.EvalError, match="--cqval needs a labelled split"):
+    evaluate_lib.evaluate_checkpoint(config, workdir, "best", split="test", cqval=True)
 
 
 @pytest.mark.parametrize(
@@ -119,22 +127,22 @@ def test_checkpoint_of_another_config_is_a_one_line_error(trained, change, messa
   other = config.copy_and_resolve_references()
   other.model.update(change)
   with pytest.raises(CheckpointError, match=message) as e:
-    run_eval.evaluate_checkpoint(other, workdir)
+    evaluate_lib.evaluate_checkpoint(other, workdir)
   assert "\n" not in str(e.value) and "does not fit this config's model" in str(e.value)
 
 
 def test_missing_checkpoint_or_workdir_is_a_one_line_error(trained, tmp_path):
   config, workdir = trained
   with pytest.raises(CheckpointError, match="no checkpoint at step 999"):
-    run_eval.evaluate_checkpoint(config, workdir, 999)
+    evaluate_lib.evaluate_checkpoint(config, workdir, 999)
   with pytest.raises(CheckpointError, match="'best', 'latest' or a step number"):
-    run_eval.evaluate_checkpoint(config, workdir, "newest")
+    evaluate_lib.evaluate_checkpoint(config, workdir, "newest")
   missing = str(tmp_path / "never_trained")
   with pytest.raises(CheckpointError, match="no such workdir"):
-    run_eval.evaluate_checkpoint(config, missing)
+    evaluate_lib.evaluate_checkpoint(config, missing)
   assert not os.path.exists(missing)
   with pytest.raises(CheckpointError, match="no 'best' checkpoint"):
-    run_eval.evaluate_checkpoint(config, str(tmp_path))
+    evaluate_lib.evaluate_checkpoint(config, str(tmp_path))
 
 
 def test_cqval_rows_score_each_split_on_its_queries(trained, best):
@@ -145,7 +153,7 @@ def test_cqval_rows_score_each_split_on_its_queries(trained, best):
       config.data, "val", with_captions=config.model.use_caption_context, training=False
   )
   # (0, 8): the longer tiny queries; (1, 99): nothing, scored as n/a instead of failing.
-  rows = run_eval.cqval_rows(
+  rows = cqval.score_rows(
       records, source.annotations, config.evals, load_spacy(), grid=((0, 0), (0, 8), (1, 99))
   )
   assert rows[0]["num_queries"] == len(annotations)
@@ -162,7 +170,7 @@ def test_cqval_rows_score_each_split_on_its_queries(trained, best):
       direct["MR-full-mAP"],
   )
   assert rows[2]["num_queries"] == 0 and rows[2]["mAP"] is None and rows[2]["brief"] is None
-  assert "| 1 | 99 | 0 (0.0%) | n/a | n/a | n/a |" in run_eval.format_cqval(rows, "t")
+  assert "| 1 | 99 | 0 (0.0%) | n/a | n/a | n/a |" in cqval.format_score_rows(rows, "t")
 
 
 def test_eval_py_prints_the_tables_and_writes_cqval(trained, tmp_path):

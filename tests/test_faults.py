@@ -22,7 +22,8 @@ from conftest import (
 )
 from lmr_jax.data import dataset, pipeline
 from lmr_jax.training import checkpoint as checkpoint_lib
-from lmr_jax.training import trainer
+from lmr_jax.commands import train as train_lib
+from lmr_jax.data.position import DataPosition
 
 
 def _fault_config(root):
@@ -66,7 +67,7 @@ def _checkpoint_in_flight(workdir):
 def uninterrupted(tiny_data_root, tmp_path_factory):
   config = _fault_config(tiny_data_root)
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  trainer.train_and_evaluate(config, workdir)
+  train_lib.train_and_evaluate(config, workdir)
   return config, workdir
 
 
@@ -153,7 +154,7 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
   assert int(state.step) == steps[-2]
   source = dataset.example_source(config.data, "train", with_captions=True, training=True)
   steps_per_epoch = pipeline.steps_per_epoch(len(source), config.batch_size)
-  assert position == pipeline.DataPosition(*divmod(steps[-2], steps_per_epoch))
+  assert position == DataPosition(*divmod(steps[-2], steps_per_epoch))
   assert any(
       "unreadable checkpoint" in r.getMessage() and f"{os.sep}{steps[-1]}" in r.getMessage()
       for r in caplog.records
@@ -161,7 +162,7 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
   assert os.path.isdir(os.path.join(checkpoints, f"{steps[-1]}.unreadable"))
 
   # Training resumes from the readable step and writes the skipped step anew.
-  trainer.train_and_evaluate(config, workdir)
+  train_lib.train_and_evaluate(config, workdir)
   state, _ = restore_checkpoint(config, workdir)
   reference_state, _ = restore_checkpoint(config, reference_dir)
   for a, b in zip(jax.tree.leaves(reference_state), jax.tree.leaves(state)):

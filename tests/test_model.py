@@ -1,5 +1,6 @@
 """LMR forward: shapes, masks (padding never changes real outputs), and every ablation switch."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,16 +20,22 @@ def setup(tiny_data_root):
   return config, batch
 
 
-def _apply(model_config, batch, train=False, seed=0):
-  """Initialises and applies the model in one jitted call (eager Flax is slow on CPU)."""
+def _applier(model_config, train=False, seed=0):
+  """jit(batch, dropout key -> (params, outputs)): initialises and applies the model in one call (eager
+  Flax is slow on CPU). The dropout key is an argument, also in evaluation, so that calls differing only
+  in it or in the jit wrapper share one compilation (the session's persistent compilation cache)."""
   model = LMR(model_config)
 
-  def init_and_apply(batch):
+  def init_and_apply(batch, dropout_key):
     variables = model.init(jax.random.key(seed), batch, train=False)
-    rngs = {"dropout": jax.random.key(1)} if train else None
-    return variables["params"], model.apply(variables, batch, train=train, rngs=rngs)
+    outputs = model.apply(variables, batch, train=train, rngs={"dropout": dropout_key})
+    return variables["params"], outputs
 
-  return jax.jit(init_and_apply)(batch)
+  return jax.jit(init_and_apply)
+
+
+def _apply(model_config, batch, train=False, seed=0, dropout_seed=1):
+  return _applier(model_config, train, seed)(batch, jax.random.key(dropout_seed))
 
 
 def test_output_shapes(setup):
@@ -141,12 +148,71 @@ def test_num_queries_sets_the_number_of_moments(setup):
 
 
 def test_dropout_only_in_training(setup):
+  """Evaluation ignores the dropout key (another key gives the same outputs); training draws its masks
+  from it (same key: same outputs, other key: other outputs, unlike evaluation's). In a run of the
+  file, both compilations are other tests' (the session's persistent compilation cache)."""
   config, batch = setup
-  _, a = _apply(config.model, batch, train=False)
-  _, b = _apply(config.model, batch, train=False)
-  np.testing.assert_array_equal(a["pred_spans"], b["pred_spans"])
-  _, c = _apply(config.model, batch, train=True)
-  assert not jnp.allclose(a["pred_spans"], c["pred_spans"])
+  assert config.model.dropout > 0 and config.model.input_dropout > 0
+  evaluate, train = _applier(config.model, train=False), _applier(config.model, train=True)
+  key_a, key_b = jax.random.key(1), jax.random.key(2)
+  _, eval_a = evaluate(batch, key_a)
+  _, eval_b = evaluate(batch, key_b)
+  _, train_a = train(batch, key_a)
+  _, train_a_again = train(batch, key_a)
+  _, train_b = train(batch, key_b)
+  for name in ("pred_spans", "pred_logits", "saliency"):
+    np.testing.assert_array_equal(eval_a[name], eval_b[name], err_msg=name)
+    np.testing.assert_array_equal(train_a[name], train_a_again[name], err_msg=name)
+    assert not np.allclose(train_a[name], train_b[name], atol=1e-3), name
+    assert not np.allclose(train_a[name], eval_a[name], atol=1e-3), name
+
+
+@pytest.mark.parametrize(
+    "batch, q_len, k_len, dropout_rate, chunks",
+    [
+        (32, 151, 151, 0.1, 8),  # encoder self-attention: saliency token + 75 clips + 75 captions
+        (64, 75, 32, 0.0, 2),  # VQF (T2V): 75 clips attend 32 query tokens, an evaluation batch
+    ],
+)
+def test_chunked_attention_equals_unchunked(monkeypatch, batch, q_len, k_len, dropout_rate, chunks):
+  """At QVHighlights shapes (hidden 256 = 8 heads x 32) dot_product_attention splits the batch into
+  chunks; outputs and gradients equal one unchunked pass (same dropout mask) and flax's attention.
+  """
+  heads, head_dim = 8, 32
+  rng = np.random.default_rng(0)
+  qkv = [
+      rng.normal(size=(batch, n, heads, head_dim)).astype(np.float32) for n in (q_len, k_len, k_len)
+  ]
+  lengths = rng.integers(k_len // 2, k_len + 1, batch)  # padded keys in most rows
+  mask = layers.key_mask(np.arange(k_len)[None] < lengths[:, None], q_len)[:, None]  # (B, 1, Q, K)
+  cotangent = rng.normal(size=qkv[0].shape).astype(np.float32)
+
+  @jax.jit
+  def outputs_and_grads(qkv, mask, cotangent):
+    attention = lambda q, k, v: layers.dot_product_attention(  # noqa: E731
+        q, k, v, mask, dropout_rng=jax.random.key(3), dropout_rate=dropout_rate
+    )
+    out, vjp = jax.vjp(attention, *qkv)
+    return out, vjp(cotangent)
+
+  real_num_chunks, chunk_counts = layers._num_chunks, []
+
+  def counted(*args, **kwargs):
+    chunk_counts.append(real_num_chunks(*args, **kwargs))
+    return chunk_counts[-1]
+
+  monkeypatch.setattr(layers, "_num_chunks", counted)
+  chunked = outputs_and_grads(qkv, mask, cotangent)
+  assert chunk_counts == [chunks]  # (B, 8, Q, K) float32 logits of B / chunks rows fit in 3 MiB
+  monkeypatch.setattr(layers, "_num_chunks", lambda batch, logits_per_row: 1)
+  outputs_and_grads.clear_cache()  # trace again, now without chunks
+  unchunked = outputs_and_grads(qkv, mask, cotangent)
+  assert len(chunk_counts) == 1
+  for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(unchunked)):  # out, dq, dk, dv
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # values of ~1: float32 round-off
+  if dropout_rate == 0.0:  # nothing random: flax's own attention too
+    want = nn.dot_product_attention(*qkv, mask=mask)
+    np.testing.assert_allclose(chunked[0], want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.25, 0.1, 0.0])

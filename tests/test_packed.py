@@ -1,5 +1,6 @@
 """Packed TFDS data: real TFDS on disk, examples bit-identical to the numpy path, clear errors."""
 
+import copy
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import tiny_config
+from lmr_jax.data.position import DataPosition
 from lmr_jax.data import annotations as annotations_lib
 from lmr_jax.data import dataset, packed, pipeline
 from lmr_jax.data.annotations import DataError
@@ -32,11 +34,18 @@ def packed_dir(tiny_data_root, tmp_path_factory):
   return out
 
 
+def _packed_source(packed_dir, split, data, *, with_captions, training):
+  """``dataset.example_source`` of ``data`` read from ``packed_dir``."""
+  data = copy.deepcopy(data)
+  data.packed_dir = packed_dir
+  return dataset.example_source(data, split, with_captions=with_captions, training=training)
+
+
 def _sources(root, packed_dir, split, training, **data_changes):
   config = tiny_config(root)
   config.data.update(data_changes)
   numpy_source = dataset.example_source(config.data, split, with_captions=True, training=training)
-  packed_source = packed.packed_source(
+  packed_source = _packed_source(
       packed_dir, split, config.data, with_captions=True, training=training
   )
   return numpy_source, packed_source
@@ -98,7 +107,7 @@ def test_truncated_videos_drop_the_same_training_queries(tiny_data_root, tmp_pat
   out = str(tmp_path)
   packed.pack(config.data, out, ["train"], with_captions=True)
   numpy_source, packed_source = _sources(tiny_data_root, out, "train", True, max_clips=8)
-  all_queries = packed.packed_source(out, "train", config.data, with_captions=True, training=False)
+  all_queries = _packed_source(out, "train", config.data, with_captions=True, training=False)
   assert 0 < len(numpy_source) < len(all_queries)
   assert packed_source.annotations == numpy_source.annotations
   for i in range(len(numpy_source)):
@@ -115,18 +124,18 @@ def test_pipelines_yield_the_same_batches(tiny_data_root, packed_dir):
   for packed_batch, numpy_batch in pairs:
     _assert_identical(packed_batch, numpy_batch)
   numpy_train, packed_train = _sources(tiny_data_root, packed_dir, "train", training=True)
-  start = pipeline.DataPosition(epoch=1, step=1)
+  start = DataPosition(epoch=1, step=1)
   packed_it = pipeline.train_batches(packed_train, 4, seed=7, start=start)
   numpy_it = pipeline.train_batches(numpy_train, 4, seed=7, start=start)
   for _ in range(3):
-    (packed_pos, packed_batch), (numpy_pos, numpy_batch) = next(packed_it), next(numpy_it)
+    (packed_pos, _, packed_batch), (numpy_pos, _, numpy_batch) = next(packed_it), next(numpy_it)
     assert packed_pos == numpy_pos
     _assert_identical(packed_batch, numpy_batch)
 
 
 def _assert_settings_error(packed_dir, data, with_captions, message):
   with pytest.raises(DataError) as e:
-    packed.packed_source(packed_dir, "train", data, with_captions=with_captions, training=True)
+    _packed_source(packed_dir, "train", data, with_captions=with_captions, training=True)
   text = str(e.value)
   assert text.startswith(packed.dataset_dir(packed_dir, "train")) and message in text
   assert "\n" not in text
@@ -156,11 +165,9 @@ def test_other_caption_setting_is_one_line_error(tiny_data_root, packed_dir):
 def test_missing_packed_data_is_clear_error(tiny_data_root, packed_dir, tmp_path):
   data = tiny_config(tiny_data_root).data
   with pytest.raises(DataError, match=r"split 'train' is not packed \(packed splits in .*: none\)"):
-    packed.packed_source(
-        str(tmp_path / "nowhere"), "train", data, with_captions=True, training=True
-    )
+    _packed_source(str(tmp_path / "nowhere"), "train", data, with_captions=True, training=True)
   with pytest.raises(DataError, match=r"packed splits in .*: \['train', 'val'\]\).*--splits=test"):
-    packed.packed_source(packed_dir, "test", data, with_captions=True, training=False)
+    _packed_source(packed_dir, "test", data, with_captions=True, training=False)
   with pytest.raises(DataError, match="already packed; delete it to repack"):
     packed.pack(data, packed_dir, ["val"], with_captions=True)
 
@@ -177,7 +184,7 @@ def test_bad_feature_file_fails_packing_and_leaves_nothing(tiny_data_root, tmp_p
   with pytest.raises(DataError, match=f"^{re.escape(bad)}: unreadable npz"):
     packed.pack(data, out, ["train", "val"], with_captions=True)
   with pytest.raises(DataError, match="is not packed"):
-    packed.packed_source(out, "train", data, with_captions=True, training=True)
+    _packed_source(out, "train", data, with_captions=True, training=True)
 
 
 def test_command_line_packs_an_unlabelled_split(tiny_data_root, tmp_path):
@@ -206,7 +213,7 @@ def test_command_line_packs_an_unlabelled_split(tiny_data_root, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.splitlines()[-1] == packed.dataset_dir(out, "test")  # after tfds' own lines
   numpy_test = dataset.example_source(config.data, "test", with_captions=True, training=False)
-  packed_test = packed.packed_source(out, "test", config.data, with_captions=True, training=False)
+  packed_test = _packed_source(out, "test", config.data, with_captions=True, training=False)
   assert packed_test.annotations == numpy_test.annotations
   for i in range(len(numpy_test)):
     _assert_identical(packed_test.example(i), numpy_test.example(i))

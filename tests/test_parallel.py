@@ -19,7 +19,7 @@ from conftest import (
     train_command,
 )
 from lmr_jax.training import parallel
-from lmr_jax.training import trainer
+from lmr_jax.commands import train as train_lib
 
 # Splitting the batch over devices reorders the float sums of the losses and gradients; a few Adam
 # steps keep that at float32 round-off (observed differences are ~1e-7), far below a real change.
@@ -38,7 +38,7 @@ def runs(tiny_data_root, tiny_trained, tmp_path_factory):
     config.num_devices = num_devices
     config.fsdp = fsdp
     workdir = str(tmp_path_factory.mktemp(name))
-    results[name] = (config, workdir, trainer.train_and_evaluate(config, workdir))
+    results[name] = (config, workdir, train_lib.train_and_evaluate(config, workdir))
   return results
 
 
@@ -88,10 +88,10 @@ def test_batch_not_divisible_by_the_mesh_is_a_one_line_error(tiny_data_root, tmp
   config = tiny_config(tiny_data_root)
   config.batch_size = 6
   with pytest.raises(parallel.MeshError, match=r"^config.batch_size 6 is not divisible by the 4"):
-    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+    train_lib.train_and_evaluate(config, str(tmp_path / "w"))
   config.num_devices = 5
   with pytest.raises(parallel.MeshError, match=r"^config.num_devices 5: this job has 4 devices"):
-    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+    train_lib.train_and_evaluate(config, str(tmp_path / "w"))
 
 
 def _free_port() -> int:

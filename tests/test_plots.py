@@ -14,8 +14,8 @@ from conftest import REPO, entry_point, tiny_config
 from matplotlib import image
 
 from lmr_jax.data import dataset
-from lmr_jax.evaluation import run_eval
-from lmr_jax.training import trainer
+from lmr_jax.training import state as state_lib
+from lmr_jax.commands import evaluate as evaluate_lib
 from lmr_jax.visualization import PlotError, attention, plots
 
 
@@ -86,8 +86,8 @@ def test_vqf_attention_rows_are_distributions_over_the_real_tokens(tiny_data_roo
   VQF there is nothing to show."""
   config = tiny_config(tiny_data_root, tiny_arg)
   source = dataset.example_source(config.data, "val", with_captions=True, training=False)
-  model = trainer.build_model(config)
-  batch = trainer.example_batch(source, 2)
+  model = state_lib.build_model(config)
+  batch = state_lib.zeros_batch(source.element_spec(), 2)
   # Random values in the parameter shapes: eval_shape compiles nothing (a jitted init takes seconds).
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))["params"]
   rng = np.random.default_rng(0)
@@ -142,7 +142,7 @@ def test_plot_functions_and_their_errors(trained, tmp_path):
     plots.read_metrics_log(missing)
   bad = tmp_path / "metrics.jsonl"
   bad.write_text('{"step": 1, "lr": 0.1}\n{"step": 2,\n')
-  with pytest.raises(PlotError, match=re.escape(f"{bad}:2: not JSON")):
+  with pytest.raises(PlotError, match=re.escape(f"{bad}:2: malformed JSON")):
     plots.read_metrics_log(str(bad))
   cqval_json = tmp_path / "cqval.json"
   cqval_json.write_text(json.dumps({"rows": [{"min_clauses": 0}]}))
@@ -173,7 +173,7 @@ def test_eval_plots_errors_come_before_restoring(trained, tmp_path):
   no_log = str(tmp_path / "no_log")
   shutil.copytree(workdir, no_log, ignore=shutil.ignore_patterns("metrics.jsonl", "eval"))
   with pytest.raises(PlotError, match=re.escape(f"{no_log}/metrics.jsonl: no such file")):
-    run_eval.evaluate_checkpoint(config, no_log, plots=1)
-  with pytest.raises(run_eval.EvalError, match="--plots takes a number of queries >= 0"):
-    run_eval.evaluate_checkpoint(config, workdir, plots=-1)
+    evaluate_lib.evaluate_checkpoint(config, no_log, plots=1)
+  with pytest.raises(evaluate_lib.EvalError, match="--plots takes a number of queries >= 0"):
+    evaluate_lib.evaluate_checkpoint(config, workdir, plots=-1)
   assert not os.path.exists(os.path.join(no_log, "eval"))

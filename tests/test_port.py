@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, restore_checkpoint, tiny_config
-from lmr_jax.evaluation import run_eval
+from lmr_jax.commands import evaluate as evaluate_lib
 from lmr_jax.inference import predictor as predictor_lib
 from lmr_jax.port import qd_detr
 from lmr_jax.training import checkpoint as checkpoint_lib
@@ -132,7 +132,7 @@ def test_converted_checkpoint_runs_through_eval_and_predict(tiny_data_root, tmp_
   for name, value in traverse_util.flatten_dict(restored.params, sep="/").items():
     np.testing.assert_array_equal(np.asarray(value), flat[name], err_msg=name)
 
-  result = run_eval.evaluate_checkpoint(
+  result = evaluate_lib.evaluate_checkpoint(
       config, workdir, split="val", output_dir=str(tmp_path / "e")
   )
   assert result["metrics"] is not None and result["num_queries"] > 0

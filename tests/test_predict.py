@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from absl import flags
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-av = pytest.importorskip("av")
+import torch
+import transformers
+import av
 
 from conftest import REPO, entry_point, tiny_config  # noqa: E402
 from lmr_jax.data import synthetic  # noqa: E402
-from lmr_jax.evaluation import run_eval  # noqa: E402
 from lmr_jax.evaluation.submission import read_submission  # noqa: E402
 from lmr_jax.inference import encoders as encoders_lib  # noqa: E402
 from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
-from lmr_jax.training import trainer  # noqa: E402
+from lmr_jax.commands import train as train_lib  # noqa: E402
+from lmr_jax.commands import evaluate as evaluate_lib  # noqa: E402
 from preprocess import captions as captions_lib  # noqa: E402
 from tiny_models import build_checkpoints, write_video  # noqa: E402
 
@@ -63,7 +63,7 @@ def trained(tmp_path_factory):
   config.data.max_clips = MAX_CLIPS
   config.num_epochs = 1
   workdir = str(tmp_path_factory.mktemp("predict_workdir"))
-  trainer.train_and_evaluate(config, workdir)
+  train_lib.train_and_evaluate(config, workdir)
   return config, workdir
 
 
@@ -126,7 +126,7 @@ def _check_record(record, num_clips, top_k):
 
 def test_features_give_evals_prediction(predict_cli, trained, predictor, tmp_path, capsys):
   config, workdir = trained
-  result = run_eval.evaluate_checkpoint(config, workdir, split="val", output_dir=str(tmp_path))
+  result = evaluate_lib.evaluate_checkpoint(config, workdir, split="val", output_dir=str(tmp_path))
   expected = {r["qid"]: r for r in read_submission(result["submission"])}
   with open(config.data.annotation_files["val"]) as f:
     annotations = [json.loads(line) for line in f]
@@ -156,13 +156,38 @@ def test_features_give_evals_prediction(predict_cli, trained, predictor, tmp_pat
   )
 
 
+def test_many_queries_run_in_several_batches_as_one_at_a_time(trained, predictor):
+  """More queries than eval_batch_size: full batches, then a partial one padded to a power of two;
+  every query gets what it gets alone."""
+  config, _ = trained
+  small = config.copy_and_resolve_references()
+  small.eval_batch_size = 4
+  batched = predictor_lib.Predictor(small, predictor.params, predictor.step)
+  with open(config.data.annotation_files["val"]) as f:
+    annotations = [json.loads(line) for line in f]
+  feat_root = config.data.feat_root
+  queries = [predictor_lib.load_query_inputs(config, feat_root, a["qid"]) for a in annotations]
+  queries = (queries * 9)[:9]  # two full batches of 4 and one of 1, padded to 1
+  video = predictor_lib.load_video_inputs(config, feat_root, annotations[0]["vid"])
+  together = batched.predict(video, queries, top_k=None)
+  for query, record in zip(queries, together, strict=True):
+    (alone,) = predictor.predict(video, [query], top_k=None)
+    assert record["qid"] == alone["qid"] == query.qid
+    np.testing.assert_allclose(
+        record["pred_relevant_windows"], alone["pred_relevant_windows"], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        record["pred_saliency_scores"], alone["pred_saliency_scores"], atol=1e-4
+    )
+
+
 def test_rounding_to_clips_is_the_same_in_eval_and_predict(trained, predictor, tmp_path):
   """config.eval_round_to_clip (on in configs/qvh.py and configs/charades.py) rounds eval's and
   predict's windows alike."""
   config, workdir = trained
   rounded = config.copy_and_resolve_references()
   rounded.eval_round_to_clip = True
-  result = run_eval.evaluate_checkpoint(rounded, workdir, split="val", output_dir=str(tmp_path))
+  result = evaluate_lib.evaluate_checkpoint(rounded, workdir, split="val", output_dir=str(tmp_path))
   expected = {r["qid"]: r for r in read_submission(result["submission"])}
   rounded_predictor = predictor_lib.Predictor(rounded, predictor.params, predictor.step)
   with open(config.data.annotation_files["val"]) as f:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-av = pytest.importorskip("av")
+import torch
+import transformers
+import av
 
 from preprocess import captions, clip_features, io_utils, text_features  # noqa: E402
 from preprocess.captioners import Captioner  # noqa: E402
@@ -328,7 +328,7 @@ def test_unreadable_and_missing_videos_are_reported_and_the_rest_finish(ckpt, vi
 
 
 def test_outputs_load_with_the_jax_side_readers(ckpt, videos, annotations, tmp_path):
-  features_lib = pytest.importorskip("lmr_jax.data.features")
+  import lmr_jax.data.features as features_lib
   out = tmp_path / "feat"
   assert run_captions(videos, ckpt["llava"], out) == 0
   models = ["--llama", str(ckpt["llama"]), "--clip", str(ckpt["clip"])]
@@ -363,8 +363,8 @@ def test_outputs_load_with_the_jax_side_readers(ckpt, videos, annotations, tmp_p
 def test_charades_default_reads_the_llama_query_tokens_of_preprocess(ckpt, annotations, tmp_path):
   """configs/charades.py (paper setting) gives the visual VQF the query's Llama embedding tokens:
   the caption_query_features files of `text_features --llama --annotations`, read for both VQFs."""
-  features_lib = pytest.importorskip("lmr_jax.data.features")
-  dataset = pytest.importorskip("lmr_jax.data.dataset")
+  import lmr_jax.data.features as features_lib
+  import lmr_jax.data.dataset as dataset
   from configs import charades
 
   out = tmp_path / "feat"
@@ -376,7 +376,7 @@ def test_charades_default_reads_the_llama_query_tokens_of_preprocess(ckpt, annot
   assert data.query_dim == data.caption_dim == 4096  # Llama-7B's embedding width
   data.feat_root = str(out)
   data.query_dim = data.caption_dim = 16  # the tiny Llama's
-  spec = dataset.feature_spec(data)
+  spec = features_lib.FeatureSpec.from_config(data)
   llama = LlamaEmbedder(ckpt["llama"])
   for qid, query, _ in QUERIES:
     tokens = features_lib.load_query_tokens(spec, qid, caption_encoder=False)

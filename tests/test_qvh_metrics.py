@@ -41,12 +41,14 @@ def _ap(preds, gt):
 
 
 def _assert_same_tree(got, want, path=""):
-  assert list(got) == list(want), path  # same keys in the same order
+  """Same keys in the same order and the same numbers, exactly: both sides are percentages rounded to
+  2 decimals the same way (float(f"{100 * x:.2f}")), so a last-digit difference is a real one."""
+  assert list(got) == list(want), path
   for key, value in want.items():
     if isinstance(value, dict):
       _assert_same_tree(got[key], value, f"{path}/{key}")
     else:
-      assert abs(got[key] - value) <= 0.01, (f"{path}/{key}", got[key], value)
+      assert type(got[key]) is float and got[key] == value, (f"{path}/{key}", got[key], value)
 
 
 def test_reproduces_official_sample_metrics():

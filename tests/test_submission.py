@@ -2,21 +2,21 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from lmr_jax.evaluate import default_save_path, main
+from lmr_jax.commands.score import default_save_path, main
+from lmr_jax.fileio import write_jsonl
 from lmr_jax.evaluation.submission import (
     SubmissionError,
     check_qids_match,
     read_ground_truth,
-    read_jsonl,
     read_submission,
     validate_ground_truth,
     validate_submission,
-    write_jsonl,
     write_submission,
 )
 
@@ -82,26 +82,26 @@ def test_malformed_json_names_file_and_line(tmp_path):
   )
   with pytest.raises(SubmissionError) as excinfo:
     read_submission(path)
-  assert _one_line_error(excinfo).startswith(f"{path}:2: invalid JSON")
+  assert _one_line_error(excinfo).startswith(f"{path}:2: malformed JSON")
 
 
 @pytest.mark.parametrize(
     "content, match",
     [
         (["[1, 2]"], ":1: expected a JSON object"),
-        ([], "no records"),
+        ([], "empty JSON Lines file"),
     ],
 )
 def test_bad_files(tmp_path, content, match):
   with pytest.raises(SubmissionError, match=match):
-    read_jsonl(_write_lines(tmp_path / "x.jsonl", content))
+    read_submission(_write_lines(tmp_path / "x.jsonl", content))
 
 
 def test_binary_file_is_one_line_error(tmp_path):
   path = tmp_path / "x.jsonl"
   path.write_bytes(b"\xff\xfe\x00garbage")
   with pytest.raises(SubmissionError) as excinfo:
-    read_jsonl(str(path))
+    read_ground_truth(str(path))
   assert "not a readable UTF-8 JSON Lines file" in _one_line_error(excinfo)
 
 
@@ -130,8 +130,21 @@ def test_bad_prediction_windows(windows, match):
     validate_submission([_pred(7, windows)])
 
 
-def test_score_ties_and_zero_length_windows_are_valid():
-  validate_submission([_pred(1, [[3, 3, 0.5], [0, 10, 0.5]])])
+def test_score_ties_and_zero_length_windows_are_valid(tmp_path):
+  """Tied scores and zero-length windows pass, in predictions and ground truth alike, and are written
+  and read back unchanged; one step past either boundary fails."""
+  records = [_pred(1, [[3, 3, 0.5], [0, 10, 0.5], [7, 7, 0.25]]), _pred(2, [[2, 2, 0.0]])]
+  assert validate_submission(records) is None
+  assert validate_ground_truth([_gt(1, relevant_windows=[[4, 4], [0, 4]])]) is None
+  path = str(tmp_path / "preds.jsonl")
+  write_submission(path, records)
+  assert read_submission(path) == records
+  with pytest.raises(SubmissionError, match=r"window 1 scores 0\.5000001 > 0\.5\)"):
+    validate_submission([_pred(1, [[3, 3, 0.5], [0, 10, 0.5000001]])])
+  with pytest.raises(SubmissionError, match=r"\[0\] has start 3 > end 2\.999"):
+    validate_submission([_pred(1, [[3, 2.999, 0.5]])])
+  with pytest.raises(SubmissionError, match=r"\[0\] has start 4 > end 3\.999"):
+    validate_ground_truth([_gt(1, relevant_windows=[[4, 3.999]])])
 
 
 def test_saliency_all_or_none_and_finite():
@@ -195,7 +208,10 @@ def test_cli_prints_brief_and_saves_metrics(tmp_path, capsys):
   save_path = tmp_path / "out" / "m.json"
   argv = ["--submission", str(tmp_path / "preds.jsonl"), "--gt", str(tmp_path / "gt.jsonl")]
   assert main(argv + ["--save_path", str(save_path)]) == 0
-  table = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-1])
+  out = capsys.readouterr().out
+  table = dict(re.findall(r"^\| (\S+) \| (\S+) \|$", out, re.M))
+  assert table.pop("metric") == "value"
+  assert out.splitlines()[-1] == f"saved {save_path}"
   assert (
       table["MR-short-mAP"] == "100.00" and table["MR-long-mAP"] == "n/a"
   )  # [0, 4]: a short window
@@ -220,13 +236,13 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
   preds = _write_lines(tmp_path / "preds.jsonl", [json.dumps(_pred(1)), "not json"])
   gt = _write_lines(tmp_path / "gt.jsonl", [json.dumps(_gt(1))])
   result = subprocess.run(
-      [sys.executable, "-m", "lmr_jax.evaluate", "--submission", preds, "--gt", gt],
+      [sys.executable, "-m", "lmr_jax.commands.score", "--submission", preds, "--gt", gt],
       cwd=REPO,
       capture_output=True,
       text=True,
   )
   assert result.returncode == 2
-  assert result.stderr == f"error: {preds}:2: invalid JSON (Expecting value at column 1)\n"
+  assert result.stderr == f"error: {preds}:2: malformed JSON (Expecting value at column 1)\n"
   assert result.stdout == ""
 
 
@@ -234,4 +250,5 @@ def test_cli_missing_file(tmp_path, capsys):
   assert (
       main(["--submission", str(tmp_path / "nope.jsonl"), "--gt", str(tmp_path / "gt.jsonl")]) == 2
   )
-  assert "No such file or directory" in capsys.readouterr().err
+  missing = tmp_path / "nope.jsonl"
+  assert capsys.readouterr().err == f"error: {missing}: no such file (expected: JSON Lines file)\n"

@@ -3,7 +3,7 @@
 The checkpoints are built from transformers configs (hidden size 16, one or two layers, a 30-word
 WordLevel tokenizer, 32x32 images) and saved with save_pretrained exactly as hub checkpoints are, so the
 code under test takes the loading, prompting, generation and feature paths of a run with real ones.
-Import this module after ``pytest.importorskip`` of torch, transformers and av.
+Needs torch, transformers and av (preprocess/requirements.txt, which CI installs).
 """
 
 from __future__ import annotations

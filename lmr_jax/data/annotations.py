@@ -8,12 +8,13 @@ is reported as one ``DataError`` line naming the file and line, before anything 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 
+from lmr_jax import fileio
+from lmr_jax.errors import LmrError
 
-class DataError(ValueError):
+
+class DataError(LmrError):
   """Bad input data; the message is one line naming the file and the line, qid or key."""
 
 
@@ -43,14 +44,8 @@ class QueryAnnotation:
     return record
 
 
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def parse_annotation(record: dict, source: str) -> QueryAnnotation:
   """Validates one decoded line; ``source`` is "path:line" and starts every error message."""
-  if not isinstance(record, dict):
-    raise DataError(f"{source}: expected a JSON object, got {type(record).__name__}")
   for key in ("qid", "query", "duration", "vid"):
     if key not in record:
       raise DataError(f"{source}: missing key '{key}'")
@@ -61,7 +56,7 @@ def parse_annotation(record: dict, source: str) -> QueryAnnotation:
   if not isinstance(query, str) or not query.strip():
     raise DataError(f"{source}: qid {qid}: empty query")
   duration = record["duration"]
-  if not _is_number(duration) or duration <= 0:
+  if not fileio.is_number(duration) or duration <= 0:
     raise DataError(f"{source}: qid {qid}: 'duration' must be a positive number, got {duration!r}")
   vid = record["vid"]
   if not isinstance(vid, str) or not vid:
@@ -69,7 +64,7 @@ def parse_annotation(record: dict, source: str) -> QueryAnnotation:
 
   windows = []
   for w in record.get("relevant_windows", []):
-    if not (isinstance(w, list) and len(w) == 2 and all(_is_number(x) for x in w)):
+    if not (isinstance(w, list) and len(w) == 2 and all(fileio.is_number(x) for x in w)):
       raise DataError(f"{source}: qid {qid}: window {w!r} is not [start, end]")
     start, end = float(w[0]), float(w[1])
     if not 0.0 <= start < end <= duration:
@@ -104,27 +99,23 @@ def parse_annotation(record: dict, source: str) -> QueryAnnotation:
 
 def load_annotations(path: str | os.PathLike) -> list[QueryAnnotation]:
   """Reads every line of a QVHighlights-style jsonl file; duplicate qids are an error."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: annotation file not found")
   annotations, seen = [], {}
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      source = f"{path}:{line_number}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{source}: malformed JSON ({e.msg} at column {e.colno})") from None
-      ann = parse_annotation(record, source)
-      if ann.qid in seen:
-        raise DataError(f"{source}: duplicate qid {ann.qid} (first at line {seen[ann.qid]})")
-      seen[ann.qid] = line_number
-      annotations.append(ann)
-  if not annotations:
-    raise DataError(f"{path}: no annotations")
+  for record, source in fileio.read_jsonl(path, DataError, "annotation file"):
+    ann = parse_annotation(record, source)
+    if ann.qid in seen:
+      raise DataError(f"{source}: duplicate qid {ann.qid} (first at line {seen[ann.qid]})")
+    seen[ann.qid] = source.rsplit(":", 1)[1]
+    annotations.append(ann)
   return annotations
+
+
+def load_split(annotation_files, split: str) -> list[QueryAnnotation]:
+  """The annotations of ``split`` from ``config.data.annotation_files``."""
+  if split not in annotation_files:
+    raise DataError(
+        f"config.data.annotation_files has no split '{split}' (has {sorted(annotation_files)})"
+    )
+  return load_annotations(annotation_files[split])
 
 
 def main(argv=None) -> int:

@@ -99,6 +99,13 @@ def _mask(n: int, length: int) -> np.ndarray:
   return np.arange(length) < n
 
 
+def stack_examples(examples: list[dict[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
+  """One batch of ``rows`` rows: the examples, then copies of the first as padding (a fixed batch
+  shape serves every call; the caller drops the padding rows' outputs)."""
+  padded = examples + [examples[0]] * (rows - len(examples))
+  return {k: np.stack([e[k] for e in padded]) for k in examples[0]}
+
+
 def model_inputs(
     visual_LxDv: np.ndarray,
     tokens_TxDq: np.ndarray,
@@ -126,13 +133,17 @@ def model_inputs(
 class ExampleSource:
   """Random access to padded examples of one split (``len`` and ``example(i, rng)``).
 
-  With ``preload`` every feature file is read and validated once at construction, so a bad file fails
-  before training starts, and epochs read from memory.
+  The features come from a feature store (``features.NpzStore`` for ``.npz`` files,
+  ``packed.PackedStore`` for TFDS shards); everything else (labels, the training filter, window
+  subsets, saliency pairs, padding) is this class's, so both stores give bit-identical examples. With
+  ``preload`` the store reads and validates every feature at construction, so a bad file fails before
+  training starts, and epochs read from memory.
   """
 
   def __init__(
       self,
       annotations: list[QueryAnnotation],
+      store,
       spec: features_lib.FeatureSpec,
       *,
       with_captions: bool,
@@ -141,63 +152,45 @@ class ExampleSource:
       preload: bool = True,
   ):
     self.spec = spec
+    self.store = store
     self.with_captions = with_captions
     self.max_windows = max_windows
     self.training = training
-    self._videos: dict[str, features_lib.VideoFeatures] = {}
-    self._tokens: dict[tuple[int, bool], np.ndarray] = {}
-    self.annotations: list[QueryAnnotation] = []
-    truncated, dropped = 0, 0
+    if preload:
+      store.preload(annotations)
+    self.annotations = self._usable(annotations)
+
+  def _usable(self, annotations: list[QueryAnnotation]) -> list[QueryAnnotation]:
+    """The queries this split serves: in training, those with a window inside the kept clips (the
+    clip count is ``max_clips`` while the store has not read the video yet)."""
+    max_clips = self.spec.max_clips
+    kept, truncated = [], 0
     for ann in annotations:
-      num_clips = spec.max_clips  # an upper bound until the video is read
-      if preload:
-        video = self._video(ann.vid)
-        self._query_tokens(ann.qid, False)
-        if with_captions:
-          self._query_tokens(ann.qid, True)
-        num_clips = video.visual.shape[0]
-        truncated += video.num_clips_on_disk > spec.max_clips
-      if training and not len(clip_windows(ann, num_clips, spec.clip_len)[0]):
-        dropped += 1
-        continue
-      self.annotations.append(ann)
-    log_truncation(truncated, spec.max_clips)
-    if dropped:
+      counts = self.store.clip_counts(ann.vid)
+      num_clips = max_clips if counts is None else counts[0]
+      truncated += counts is not None and counts[1] > max_clips
+      if not self.training or len(clip_windows(ann, num_clips, self.spec.clip_len)[0]):
+        kept.append(ann)
+    log_truncation(truncated, max_clips)
+    if len(kept) < len(annotations):
       logging.warning(
           "%d training queries dropped: no labelled window (or none left after "
           "truncation to max_clips=%d)",
-          dropped,
-          spec.max_clips,
+          len(annotations) - len(kept),
+          max_clips,
       )
-    if not self.annotations:
+    if not kept:
       raise DataError("no usable queries in this split")
+    return kept
 
   def __len__(self) -> int:
     return len(self.annotations)
-
-  def _video(self, vid: str) -> features_lib.VideoFeatures:
-    if vid not in self._videos:
-      self._videos[vid] = features_lib.load_video(self.spec, vid, self.with_captions)
-    return self._videos[vid]
-
-  def _query_tokens(self, qid: int, caption_encoder: bool) -> np.ndarray:
-    # Keyed by the folder read, so that a config whose two query encoders are one (Charades-STA: Llama
-    # tokens for both VQFs) holds each query's tokens once.
-    spec = self.spec
-    same_files = (spec.query_feat_dir, spec.query_dim) == (
-        spec.caption_query_feat_dir,
-        spec.caption_dim,
-    )
-    key = (qid, caption_encoder and not same_files)
-    if key not in self._tokens:
-      self._tokens[key] = features_lib.load_query_tokens(self.spec, qid, caption_encoder)
-    return self._tokens[key]
 
   def example(self, index: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """Padded arrays of query ``index``; ``rng`` picks a random window subset and the saliency
     pairs in training."""
     ann, spec = self.annotations[index], self.spec
-    video = self._video(ann.vid)
+    video = self.store.video(ann.vid)
     num_clips = video.visual.shape[0]
     max_clips, max_tokens = spec.max_clips, spec.max_query_tokens
     windows, duration = clip_windows(ann, num_clips, spec.clip_len)
@@ -220,9 +213,9 @@ class ExampleSource:
     )
     out = model_inputs(
         video.visual,
-        self._query_tokens(ann.qid, False),
+        self.store.query_tokens(ann.qid, False),
         video.caption if self.with_captions else None,
-        self._query_tokens(ann.qid, True) if self.with_captions else None,
+        self.store.query_tokens(ann.qid, True) if self.with_captions else None,
         max_clips,
         max_tokens,
     )

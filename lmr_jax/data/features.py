@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 
+from lmr_jax import fileio
 from lmr_jax.data.annotations import DataError
 
 TEF_DIM = 2  # the temporal endpoints [i/L, (i+1)/L] appended to each clip's visual features
@@ -44,6 +45,30 @@ class FeatureSpec:
           f"{self.visual_dims} differ in length"
       )
 
+  @classmethod
+  def from_config(cls, data) -> FeatureSpec:
+    """The spec that ``config.data`` describes."""
+    return cls(
+        feat_root=data.feat_root,
+        visual_streams=tuple(data.visual_streams),
+        visual_dims=tuple(data.visual_dims),
+        query_feat_dir=data.query_feat_dir,
+        query_dim=data.query_dim,
+        caption_feat_dir=data.caption_feat_dir,
+        caption_query_feat_dir=data.caption_query_feat_dir,
+        caption_dim=data.caption_dim,
+        clip_len=data.clip_len,
+        caption_clip_len=data.caption_clip_len,
+        max_clips=data.max_clips,
+        max_query_tokens=data.max_query_tokens,
+        use_tef=data.use_tef,
+    )
+
+  @property
+  def same_query_files(self) -> bool:
+    """Whether both query encoders read one folder (Charades-STA: Llama tokens for both VQFs)."""
+    return (self.query_feat_dir, self.query_dim) == (self.caption_query_feat_dir, self.caption_dim)
+
   @property
   def video_dim(self) -> int:
     return sum(self.visual_dims) + (TEF_DIM if self.use_tef else 0)
@@ -51,9 +76,8 @@ class FeatureSpec:
 
 def write_npz(path: str, **arrays: np.ndarray) -> None:
   """Writes ``path`` whole or not at all (a temporary file renamed into place)."""
-  with open(path + ".tmp", "wb") as f:
+  with fileio.atomic_file(path) as f:
     np.savez(f, **arrays)
-  os.replace(path + ".tmp", path)
 
 
 def read_npz_array(path: str, key: str, dim: int, context: str) -> np.ndarray:
@@ -150,3 +174,41 @@ def load_query_tokens(spec: FeatureSpec, qid: int, caption_encoder: bool) -> np.
   path = os.path.join(spec.feat_root, directory, f"qid{qid}.npz")
   tokens = read_npz_array(path, "last_hidden_state", dim, f"qid {qid}")
   return tokens[: spec.max_query_tokens]
+
+
+class NpzStore:
+  """The feature store of ``.npz`` files (docs/data_layout.md), each file read once and kept.
+
+  A feature store serves ``ExampleSource``: ``video(vid)``, ``query_tokens(qid, caption_encoder)``,
+  ``clip_counts(vid)`` ((clips kept, clips on disk), or None while unknown) and ``preload``.
+  """
+
+  def __init__(self, spec: FeatureSpec, with_captions: bool):
+    self.spec = spec
+    self.with_captions = with_captions
+    self._videos: dict[str, VideoFeatures] = {}
+    self._tokens: dict[tuple[int, bool], np.ndarray] = {}
+
+  def preload(self, annotations) -> None:
+    """Reads and validates every file the annotations need, so a bad one fails before training."""
+    for ann in annotations:
+      self.video(ann.vid)
+      self.query_tokens(ann.qid, False)
+      if self.with_captions:
+        self.query_tokens(ann.qid, True)
+
+  def video(self, vid: str) -> VideoFeatures:
+    if vid not in self._videos:
+      self._videos[vid] = load_video(self.spec, vid, self.with_captions)
+    return self._videos[vid]
+
+  def query_tokens(self, qid: int, caption_encoder: bool) -> np.ndarray:
+    # Keyed by the folder read, so that a query's tokens are held once when both encoders are one.
+    key = (qid, caption_encoder and not self.spec.same_query_files)
+    if key not in self._tokens:
+      self._tokens[key] = load_query_tokens(self.spec, qid, caption_encoder)
+    return self._tokens[key]
+
+  def clip_counts(self, vid: str) -> tuple[int, int] | None:
+    video = self._videos.get(vid)
+    return None if video is None else (video.visual.shape[0], video.num_clips_on_disk)

@@ -16,7 +16,7 @@ records hold zero rows.
 
 metadata.json holds the data settings that the stored arrays depend on (checked against the reading
 config) and, per query, the annotation and its clip count. Labels are not stored:
-``PackedExampleSource`` inherits ``ExampleSource.example``, so windows, the random training subset
+``ExampleSource`` serves it through a ``PackedStore``, so windows, the random training subset
 of ``max_windows`` (free to change after packing), saliency, the sampled saliency pairs and padding
 come from the numpy path's own code, and a packed example is bit-identical to the numpy one.
 """
@@ -30,19 +30,18 @@ import os
 import tempfile
 from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-from absl import app, flags  # noqa: E402
-from etils import epath  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
 
-from lmr_jax.data import annotations as annotations_lib  # noqa: E402
-from lmr_jax.data import dataset  # noqa: E402
-from lmr_jax.data import features as features_lib  # noqa: E402
-from lmr_jax.data.annotations import DataError, QueryAnnotation  # noqa: E402
-from lmr_jax.data.examples import ExampleSource, clip_windows, log_truncation  # noqa: E402
+from lmr_jax.data import annotations as annotations_lib
+from lmr_jax.data import features as features_lib
+from lmr_jax.data import pipeline
+from lmr_jax.data import synthetic
+from lmr_jax.data.annotations import DataError, QueryAnnotation
 
 NAME = "lmr_packed"
 VERSION = "1.0.0"
@@ -184,15 +183,6 @@ def _num_shards(
   return max(1, min(len(annotations), math.ceil(bound / (shard_size_mb * 2**20))))
 
 
-def _annotations(data: ml_collections.ConfigDict, split: str) -> list[QueryAnnotation]:
-  if split not in data.annotation_files:
-    raise DataError(
-        f"config.data.annotation_files has no split '{split}' "
-        f"(has {sorted(data.annotation_files)})"
-    )
-  return annotations_lib.load_annotations(data.annotation_files[split])
-
-
 def pack(
     data: ml_collections.ConfigDict,
     out_dir: str,
@@ -202,11 +192,12 @@ def pack(
     shard_size_mb: float = 256.0,
 ) -> list[str]:
   """Packs every query of each split; returns the dataset directories. Refuses to overwrite."""
-  spec = dataset.feature_spec(data)
+  pipeline.hide_gpus_from_tf()
+  spec = features_lib.FeatureSpec.from_config(data)
   settings = packed_settings(data, with_captions)
   written = []
   for split in splits:
-    annotations = _annotations(data, split)
+    annotations = annotations_lib.load_split(data.annotation_files, split)
     builder = LmrPacked(
         split=split, annotations=annotations, spec=spec, settings=settings, data_dir=out_dir
     )
@@ -226,49 +217,35 @@ def pack(
   return written
 
 
-class PackedExampleSource(ExampleSource):
-  """An ``ExampleSource`` whose features come from packed records instead of ``.npz`` files.
+class PackedStore:
+  """The feature store of one packed split (see ``features.NpzStore`` for the protocol).
 
-  Only the two feature loaders are replaced; ``example`` (labels, window subset, saliency pairs,
-  padding) and ``element_spec`` are inherited. Records are read on demand (random access,
-  thread-safe), so memory stays small whatever the split's size.
+  Records are read on demand (random access, thread-safe), so memory stays small whatever the split's
+  size; ``preload`` reads nothing, the records having been validated when they were packed, and the
+  clip counts come from metadata.json.
   """
 
   def __init__(
-      self,
-      records: Sequence[dict],
-      queries: list[dict],
-      spec: features_lib.FeatureSpec,
-      *,
-      with_captions: bool,
-      max_windows: int,
-      training: bool,
-      path: str,
+      self, records: Sequence[dict], annotations: list[QueryAnnotation], queries, path: str
   ):
-    packed = [annotations_lib.parse_annotation(q["annotation"], q["source"]) for q in queries]
     self._path = path
     # ``example`` asks for the video's record and then up to twice for the query's (often the same
     # record): decode each once.
     self._read = functools.lru_cache(maxsize=32)(records.__getitem__)
-    self._qids = [a.qid for a in packed]
-    self._query_row = {a.qid: row for row, a in enumerate(packed)}
+    self._qids = [a.qid for a in annotations]
+    self._query_row = {a.qid: row for row, a in enumerate(annotations)}
     self._video_row = {}
-    for row, ann in enumerate(packed):
+    for row, ann in enumerate(annotations):
       self._video_row.setdefault(ann.vid, row)
-    self._num_clips_on_disk = {a.vid: q["num_clips_on_disk"] for a, q in zip(packed, queries)}
-    kept = _training_queries(packed, queries, spec) if training else packed
-    truncated = sum(q["num_clips_on_disk"] > spec.max_clips for q in queries)
-    log_truncation(truncated, spec.max_clips)
-    # With preload=False the base reads nothing; its own drop check (against max_clips) keeps all
-    # of ``kept``, which was filtered with the exact clip counts.
-    super().__init__(
-        kept,
-        spec,
-        with_captions=with_captions,
-        max_windows=max_windows,
-        training=training,
-        preload=False,
-    )
+    self._clip_counts = {
+        a.vid: (q["num_clips"], q["num_clips_on_disk"]) for a, q in zip(annotations, queries)
+    }
+
+  def preload(self, annotations) -> None:
+    del annotations
+
+  def clip_counts(self, vid: str) -> tuple[int, int]:
+    return self._clip_counts[vid]
 
   def _record(self, row: int) -> dict:
     record = self._read(row)
@@ -279,34 +256,17 @@ class PackedExampleSource(ExampleSource):
       )
     return record
 
-  def _video(self, vid: str) -> features_lib.VideoFeatures:
+  def video(self, vid: str) -> features_lib.VideoFeatures:
     record = self._record(self._video_row[vid])
     return features_lib.VideoFeatures(
         visual=record["visual"],
         caption=record.get("caption"),
-        num_clips_on_disk=self._num_clips_on_disk[vid],
+        num_clips_on_disk=self._clip_counts[vid][1],
     )
 
-  def _query_tokens(self, qid: int, caption_encoder: bool) -> np.ndarray:
+  def query_tokens(self, qid: int, caption_encoder: bool) -> np.ndarray:
     record = self._record(self._query_row[qid])
     return record["caption_query_tokens" if caption_encoder else "query_tokens"]
-
-
-def _training_queries(
-    packed: list[QueryAnnotation], queries: list[dict], spec: features_lib.FeatureSpec
-) -> list[QueryAnnotation]:
-  """The numpy path's training filter: drop queries with no window inside the kept clips."""
-  kept = [
-      a for a, q in zip(packed, queries) if len(clip_windows(a, q["num_clips"], spec.clip_len)[0])
-  ]
-  if len(kept) < len(packed):
-    logging.warning(
-        "%d training queries dropped: no labelled window (or none left after "
-        "truncation to max_clips=%d)",
-        len(packed) - len(kept),
-        spec.max_clips,
-    )
-  return kept
 
 
 def _check_settings(path: str, stored: dict, current: dict) -> None:
@@ -320,15 +280,11 @@ def _check_settings(path: str, stored: dict, current: dict) -> None:
     )
 
 
-def packed_source(
-    packed_dir: str,
-    split: str,
-    data: ml_collections.ConfigDict,
-    *,
-    with_captions: bool,
-    training: bool,
-) -> PackedExampleSource:
-  """The packed counterpart of ``dataset.example_source``: same queries, bit-identical examples."""
+def open_split(
+    packed_dir: str, split: str, data: ml_collections.ConfigDict, with_captions: bool
+) -> tuple[list[QueryAnnotation], PackedStore]:
+  """(the split's annotations as packed, its feature store), once the packed settings are known to
+  be this config's."""
   path = dataset_dir(packed_dir, split)
   if not (epath.Path(path) / "dataset_info.json").exists():
     root = epath.Path(packed_dir) / NAME
@@ -338,18 +294,13 @@ def packed_source(
         f"{found or 'none'}); write it with python -m lmr_jax.data.packed "
         f"--splits={split}"
     )
+  pipeline.hide_gpus_from_tf()
   builder = tfds.builder_from_directory(path)
   metadata = builder.info.metadata
   _check_settings(path, metadata["settings"], packed_settings(data, with_captions))
-  return PackedExampleSource(
-      builder.as_data_source(split),
-      metadata["queries"],
-      dataset.feature_spec(data),
-      with_captions=with_captions,
-      max_windows=data.max_windows,
-      training=training,
-      path=path,
-  )
+  queries = metadata["queries"]
+  annotations = [annotations_lib.parse_annotation(q["annotation"], q["source"]) for q in queries]
+  return annotations, PackedStore(builder.as_data_source(split), annotations, queries, path)
 
 
 def _define_flags() -> None:
@@ -368,7 +319,7 @@ def main(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = flags.FLAGS.config
   if config.data.generate_synthetic:
-    dataset.ensure_synthetic(config.data)
+    synthetic.ensure(config.data)
   for path in pack(
       config.data,
       flags.FLAGS.out_dir,

@@ -9,42 +9,50 @@ exactly the batches an uninterrupted one would. Evaluation keeps every query: th
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import logging
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from lmr_jax.data.examples import ExampleSource  # noqa: E402
-
-# tf.data must never take a GPU away from JAX.
-tf.config.set_visible_devices([], "GPU")
+from lmr_jax.data.examples import ExampleSource
+from lmr_jax.data.position import DataPosition
+from lmr_jax.errors import ConfigError
 
 
-@dataclasses.dataclass(frozen=True)
-class DataPosition:
-  """Where the training stream stands: the next batch is batch ``step`` of epoch ``epoch``."""
+@functools.cache
+def hide_gpus_from_tf() -> None:
+  """tf.data must never take a GPU (or its memory) away from JAX. Called before TensorFlow's first
+  use, not at import, so that importing this module changes nothing."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError as e:  # TensorFlow was initialised by someone else first
+    logging.warning("could not hide the GPUs from TensorFlow (%s)", e)
 
-  epoch: int = 0
-  step: int = 0
+
+class TrainBatch(NamedTuple):
+  position: DataPosition  # of this batch
+  next_position: DataPosition  # where the stream stands after it: what a checkpoint saves
+  arrays: dict[str, np.ndarray]
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full global batches per epoch (the remainder is left out of that epoch's permutation)."""
   steps = num_examples // global_batch_size
   if steps == 0:
-    raise ValueError(
-        f"batch_size {global_batch_size} is larger than the {num_examples} training " "queries"
+    raise ConfigError(
+        f"config.batch_size {global_batch_size} is larger than the {num_examples} training queries"
     )
   return steps
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
-    raise ValueError(
-        f"batch_size {global_batch_size} is not divisible by the {process_count} " "processes"
+    raise ConfigError(
+        f"config.batch_size {global_batch_size} is not divisible by the {process_count} processes"
     )
   return global_batch_size // process_count
 
@@ -53,6 +61,7 @@ def _dataset_from_indices(
     source: ExampleSource, indices: np.ndarray, seeds: np.ndarray | None, batch_size: int
 ) -> tf.data.Dataset:
   """Maps example indices to padded examples (numpy, in parallel, order kept) and batches them."""
+  hide_gpus_from_tf()
   spec = source.element_spec()
   keys = sorted(spec)
 
@@ -119,8 +128,8 @@ def train_batches(
     start: DataPosition = DataPosition(),
     process_index: int = 0,
     process_count: int = 1,
-) -> Iterator[tuple[DataPosition, dict[str, np.ndarray]]]:
-  """Endless training batches from ``start``; yields (position of this batch, batch)."""
+) -> Iterator[TrainBatch]:
+  """Endless training batches from ``start``, each with its position and the one after it."""
   local_batch = _local_batch_size(global_batch_size, process_count)
   steps = steps_per_epoch(len(source), global_batch_size)
   epoch, step = start.epoch, start.step
@@ -131,7 +140,8 @@ def train_batches(
     first = step * local_batch
     ds = _dataset_from_indices(source, indices[first:], seeds[first:], local_batch)
     for batch in ds.as_numpy_iterator():
-      yield DataPosition(epoch, step), batch
+      position = DataPosition(epoch, step)
+      yield TrainBatch(position, position.advance(steps), batch)
       step += 1
     assert step == steps, (step, steps)
     epoch, step = epoch + 1, 0

@@ -19,13 +19,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import functools
 import zlib
 
 import numpy as np
 
+from lmr_jax import fileio
 from lmr_jax.data import features as features_lib
+from lmr_jax.data.annotations import DataError
+
+SETTINGS_FILE = "synthetic_config.json"
 
 ACTORS = (
     "man",
@@ -242,6 +247,33 @@ def _saliency_scores(rng: np.random.Generator, length: int) -> list[list[int]]:
   return np.clip(np.rint(scores), 1, 4).astype(int).tolist()
 
 
+def _write_video(rng, cfg: SyntheticConfig, basis: _VisualBasis, feat_dir: str, vid: str):
+  """Plans a video and writes its visual and caption features; returns (clips, events, queries)."""
+  num_clips = int(rng.integers(cfg.min_clips, cfg.max_clips + 1))
+  plan = None
+  while plan is None:
+    plan = _plan_video(rng, cfg, num_clips)
+  events, queries = plan
+  clip_event = [None] * num_clips
+  for e in events:
+    for c in range(e.start, e.end):
+      clip_event[c] = e
+  slowfast, clip = basis.features(rng, cfg, events, num_clips)
+  captions = [_caption(rng, cfg, clip_event[c]) for c in range(num_clips)]
+  instructions = [f"synthetic caption style {rng.integers(10)}" for _ in range(num_clips)]
+  features_lib.write_npz(
+      os.path.join(feat_dir, "slowfast_features", f"{vid}.npz"), features=slowfast
+  )
+  features_lib.write_npz(os.path.join(feat_dir, "clip_features", f"{vid}.npz"), features=clip)
+  features_lib.write_npz(
+      os.path.join(feat_dir, "caption_features", f"{vid}.npz"),
+      features=np.stack([embed_tokens(c, cfg.caption_dim, "llm").mean(0) for c in captions]),
+      captions=np.array(captions),
+      instructions=np.array(instructions),
+  )
+  return num_clips, events, queries
+
+
 def generate_split(
     cfg: SyntheticConfig,
     out_dir: str,
@@ -250,33 +282,14 @@ def generate_split(
     first_qid: int,
     basis: _VisualBasis,
 ) -> list[dict]:
+  """Writes ``num_videos`` videos of ``split`` and their queries' token files; returns the queries'
+  annotation records (qids from ``first_qid``)."""
   feat_dir = os.path.join(out_dir, "features")
   rng = np.random.default_rng([cfg.seed, zlib.crc32(split.encode())])
   records = []
   for v in range(num_videos):
     vid = f"syn_{split}_{v:05d}"
-    num_clips = int(rng.integers(cfg.min_clips, cfg.max_clips + 1))
-    plan = None
-    while plan is None:
-      plan = _plan_video(rng, cfg, num_clips)
-    events, queries = plan
-    clip_event = [None] * num_clips
-    for e in events:
-      for c in range(e.start, e.end):
-        clip_event[c] = e
-    slowfast, clip = basis.features(rng, cfg, events, num_clips)
-    captions = [_caption(rng, cfg, clip_event[c]) for c in range(num_clips)]
-    instructions = [f"synthetic caption style {rng.integers(10)}" for _ in range(num_clips)]
-    features_lib.write_npz(
-        os.path.join(feat_dir, "slowfast_features", f"{vid}.npz"), features=slowfast
-    )
-    features_lib.write_npz(os.path.join(feat_dir, "clip_features", f"{vid}.npz"), features=clip)
-    features_lib.write_npz(
-        os.path.join(feat_dir, "caption_features", f"{vid}.npz"),
-        features=np.stack([embed_tokens(c, cfg.caption_dim, "llm").mean(0) for c in captions]),
-        captions=np.array(captions),
-        instructions=np.array(instructions),
-    )
+    num_clips, events, queries = _write_video(rng, cfg, basis, feat_dir, vid)
     for actor, action, scene, targets in queries:
       qid = first_qid + len(records)
       words = dict(actor=ACTORS[actor], action=ACTIONS[action], scene=SCENES[scene])
@@ -308,14 +321,6 @@ def generate_split(
   return records
 
 
-def _write_jsonl(path: str, records: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
-
-
 LABEL_KEYS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
 
 
@@ -337,13 +342,40 @@ def generate(cfg: SyntheticConfig, out_dir: str) -> dict[str, str]:
     qid += len(records)
     if split == "test":  # as QVHighlights: a release without labels, and the labels apart
       files["test_with_gt"] = os.path.join(out_dir, "annotations", "test_with_gt.jsonl")
-      _write_jsonl(files["test_with_gt"], records)
+      fileio.write_jsonl(files["test_with_gt"], records)
       records = [{k: v for k, v in r.items() if k not in LABEL_KEYS} for r in records]
     files[split] = os.path.join(out_dir, "annotations", f"{split}.jsonl")
-    _write_jsonl(files[split], records)
-  with open(os.path.join(out_dir, "synthetic_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f, indent=1)
+    fileio.write_jsonl(files[split], records)
+  # Written last: its presence says the data is complete, its content which settings made it.
+  fileio.write_json(os.path.join(out_dir, SETTINGS_FILE), dataclasses.asdict(cfg))
   return files
+
+
+def ensure(data) -> None:
+  """Writes the benchmark that ``data.synthetic`` (a ``config.data``) describes, unless the folder
+  above ``data.feat_root`` already holds it with exactly these settings.
+
+  Data made with other settings is never reused nor overwritten: that is a DataError naming the
+  settings that differ. A folder without the settings file is an interrupted write and is redone.
+  """
+  root = os.path.dirname(os.path.normpath(data.feat_root))
+  cfg = SyntheticConfig(**data.synthetic.to_dict())
+  path = os.path.join(root, SETTINGS_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+    wanted = dataclasses.asdict(cfg)
+    differ = [
+        f"{k}={stored.get(k)!r} (config: {v!r})" for k, v in wanted.items() if stored.get(k) != v
+    ]
+    if differ:
+      raise DataError(
+          f"{path}: the synthetic data there was made with other settings: {', '.join(differ)}; "
+          "delete the folder or point config.data.feat_root elsewhere"
+      )
+    return
+  logging.info("Writing the synthetic benchmark to %s", root)
+  generate(cfg, root)
 
 
 def main(argv=None) -> None:

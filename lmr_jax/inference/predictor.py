@@ -30,21 +30,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from lmr_jax.data import dataset
 from lmr_jax.data import examples as examples_lib
 from lmr_jax.data import features as features_lib
+from lmr_jax.errors import LmrError
 from lmr_jax.evaluation import predictions
-from lmr_jax.evaluation import run_eval
 from lmr_jax.losses import span_ops
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import parallel
+from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
-from lmr_jax.training import trainer
 
 RAW_VIDEO_STREAMS = ("clip_features",)  # the visual streams preprocess/ can compute from a video
 
 
-class PredictError(ValueError):
+class PredictError(LmrError):
   """Inputs that cannot be predicted; the message is one line saying what to do instead."""
 
 
@@ -75,7 +74,10 @@ class QueryInputs:
 def _whole_video_spec(config: ml_collections.ConfigDict, feat_root: str):
   """config.data's FeatureSpec on ``feat_root``, keeping every clip and leaving TEF to the windows."""
   return dataclasses.replace(
-      dataset.feature_spec(config.data), feat_root=feat_root, max_clips=sys.maxsize, use_tef=False
+      features_lib.FeatureSpec.from_config(config.data),
+      feat_root=feat_root,
+      max_clips=sys.maxsize,
+      use_tef=False,
   )
 
 
@@ -180,17 +182,6 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return checkpoint_lib.load_config(workdir)
 
 
-class _OneExample:
-  """What ``run_eval.restore_params`` reads from an example source: one example's shapes."""
-
-  def __init__(self, example: dict[str, np.ndarray]):
-    self._example = example
-
-  def example(self, index: int) -> dict[str, np.ndarray]:
-    del index
-    return self._example
-
-
 class Predictor:
   """A restored checkpoint and its jitted predict step; ``predict`` runs one video's queries."""
 
@@ -198,7 +189,7 @@ class Predictor:
     self.config = config
     self.params = params
     self.step = step
-    self._predict_fn = train_step_lib.jit_predict_step(trainer.build_model(config))
+    self._eval_step = train_step_lib.jit_eval_step(state_lib.build_model(config))
 
   @classmethod
   def from_workdir(
@@ -208,16 +199,16 @@ class Predictor:
     is the config unless ``config`` (already loaded from it) is given."""
     config = config or load_workdir_config(workdir)
     checkpoint = str(checkpoint)
-    checkpointer = run_eval.open_checkpointer(config, workdir, checkpoint)
+    checkpointer = state_lib.open_checkpointer(config, workdir, checkpoint)
     try:
       blank = _example(config, _blank_video(config), 0, _blank_query(config))
       # One device: a call predicts a few windows, and any saved layout restores onto one.
-      params, step = run_eval.restore_params(
+      params, step = state_lib.restore_params(
           config,
-          trainer.build_model(config),
+          state_lib.build_model(config),
           checkpointer,
           checkpoint,
-          _OneExample(blank),
+          {k: (v.shape, v.dtype) for k, v in blank.items()},
           parallel.make_mesh(1),
       )
     finally:
@@ -252,7 +243,11 @@ class Predictor:
       coverage = np.zeros(video.num_clips)
       for start, out in zip(starts, per_window):
         end = min(start + max_clips, video.num_clips)
-        window_moments = _moments_in_seconds(out, start, end, video.duration, clip_len)
+        offset = start * clip_len
+        length = min(video.duration, end * clip_len) - offset
+        window_moments = np.column_stack(
+            [predictions.spans_to_seconds(out["spans"], offset, length), out["scores"]]
+        )
         if round_to:  # before the merge, as QD-DETR rounds before its NMS
           window_moments[:, :2] = predictions.round_to_clips(window_moments[:, :2], round_to)
         moments.append(window_moments)
@@ -280,28 +275,9 @@ class Predictor:
     for first in range(0, len(examples), limit):
       chunk = examples[first : first + limit]
       rows = min(limit, 1 << (len(chunk) - 1).bit_length())
-      padded = chunk + [chunk[-1]] * (rows - len(chunk))
-      batch = {k: np.stack([e[k] for e in padded]) for k in chunk[0]}
-      out = jax.device_get(self._predict_fn(self.params, batch))
+      out = jax.device_get(self._eval_step(self.params, examples_lib.stack_examples(chunk, rows)))
       outputs += [{k: v[i] for k, v in out.items()} for i in range(len(chunk))]
     return outputs
-
-
-def _moments_in_seconds(
-    outputs: dict[str, np.ndarray], start: int, end: int, duration: float, clip_len: float
-) -> np.ndarray:
-  """A window's (center, width) spans, relative to the time it covers, as whole-video seconds."""
-  offset = start * clip_len
-  length = min(duration, end * clip_len) - offset
-  center, width = outputs["spans"][:, 0], outputs["spans"][:, 1]
-  return np.stack(
-      [
-          offset + np.clip(center - width / 2, 0.0, 1.0) * length,
-          offset + np.clip(center + width / 2, 0.0, 1.0) * length,
-          outputs["scores"],
-      ],
-      axis=1,
-  )
 
 
 def _example(

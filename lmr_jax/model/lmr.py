@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lmr_jax.errors import ConfigError
 from lmr_jax.model import decoder, layers
 
 SALIENCY_TOKENS = ("video", "sum")
@@ -56,7 +57,7 @@ class LMR(nn.Module):
     cfg = self.config
     d = cfg.hidden_dim
     if cfg.saliency_tokens not in SALIENCY_TOKENS:
-      raise ValueError(f"config.model.saliency_tokens must be one of {SALIENCY_TOKENS}")
+      raise ConfigError(f"config.model.saliency_tokens must be one of {SALIENCY_TOKENS}")
     proj = lambda: layers.InputProjection(d, cfg.input_dropout, cfg.input_norm_affine)  # noqa: E731
     self.video_proj = proj()
     self.query_proj = proj()
@@ -129,7 +130,10 @@ class LMR(nn.Module):
   def __call__(self, batch, *, train: bool, with_negatives: bool | None = None):
     """Outputs per decoder layer and the clip saliency; with ``with_negatives`` (default: in training,
     for a batch of more than one) also the saliency of each video paired with the next query of the
-    batch ("saliency_neg", QD-DETR's inter-video negatives), which only the losses need."""
+    batch ("saliency_neg", QD-DETR's inter-video negatives), which only the losses need.
+
+    Long because it is the paper's Sec. III in order (projections, VQF on both streams, context
+    modeling, Eq. 5 saliency, language queries, decoder), and one function lets it read that way."""
     cfg = self.config
     video_mask = batch["video_mask"]
     batch_size = video_mask.shape[0]

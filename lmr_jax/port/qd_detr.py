@@ -27,11 +27,11 @@ from typing import Callable
 
 import numpy as np
 
-from lmr_jax.data import dataset
+from lmr_jax.errors import LmrError
 from lmr_jax.data import features as features_lib
 
 
-class PortError(ValueError):
+class PortError(LmrError):
   """A QD-DETR checkpoint or fixture that cannot be mapped onto LMR's QD-DETR base."""
 
 
@@ -167,9 +167,9 @@ def _check_params(params: dict[str, np.ndarray], config, source: str) -> dict:
   import jax  # noqa: PLC0415
   from flax import traverse_util  # noqa: PLC0415
 
-  from lmr_jax.training import trainer  # noqa: PLC0415
+  from lmr_jax.training import state as state_lib  # noqa: PLC0415
 
-  model = trainer.build_model(config)
+  model = state_lib.build_model(config)
   batch = _dummy_batch(config, batch_size=1)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))["params"]
   expected = {k: v.shape for k, v in traverse_util.flatten_dict(abstract, sep="/").items()}
@@ -189,7 +189,7 @@ def _check_params(params: dict[str, np.ndarray], config, source: str) -> dict:
 def _dummy_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   d = config.data
   clips, tokens = d.max_clips, d.max_query_tokens
-  video_dim = dataset.feature_spec(d).video_dim
+  video_dim = features_lib.FeatureSpec.from_config(d).video_dim
   return {
       "video_feats": np.zeros((batch_size, clips, video_dim), np.float32),
       "video_mask": np.ones((batch_size, clips), bool),
@@ -233,7 +233,7 @@ def run_fixture(path: str, qd_detr_t2v_mask: bool = True) -> dict[str, np.ndarra
   import jax  # noqa: PLC0415
 
   from lmr_jax.losses import losses  # noqa: PLC0415
-  from lmr_jax.training import trainer  # noqa: PLC0415
+  from lmr_jax.training import state as state_lib  # noqa: PLC0415
 
   fixture = _read_npz(path)
   try:
@@ -255,7 +255,7 @@ def run_fixture(path: str, qd_detr_t2v_mask: bool = True) -> dict[str, np.ndarra
     config.data.visual_streams = ("video_features",)
     config.model.qd_detr_t2v_mask = qd_detr_t2v_mask
   params = _check_params(convert_state_dict(state_dict), config, path)
-  model = trainer.build_model(config)
+  model = state_lib.build_model(config)
 
   @jax.jit
   def outputs_and_losses(params, batch):
@@ -384,7 +384,7 @@ def port_checkpoint(checkpoint_path: str, workdir: str, visual_dims: tuple[int, 
   config used."""
   import jax  # noqa: PLC0415
 
-  from lmr_jax.data.pipeline import DataPosition  # noqa: PLC0415
+  from lmr_jax.data.position import DataPosition  # noqa: PLC0415
   from lmr_jax.training import checkpoint as checkpoint_lib  # noqa: PLC0415
   from lmr_jax.training import train_step  # noqa: PLC0415
 

@@ -18,7 +18,9 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from lmr_jax.data.pipeline import DataPosition
+from lmr_jax import fileio
+from lmr_jax.data.position import DataPosition
+from lmr_jax.errors import LmrError
 
 
 class _DropOrbaxInfo(logging.Filter):
@@ -38,7 +40,7 @@ def quiet_orbax_logs() -> None:
     handler.addFilter(_DROP_ORBAX_INFO)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LmrError):
   """A checkpoint that cannot serve this run (missing, or made with another config)."""
 
 
@@ -87,9 +89,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
+  fileio.atomic_write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -8,7 +8,6 @@ config as hyperparameters: ``tensorboard --logdir {workdir}/tensorboard``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,6 +16,8 @@ import jax
 import ml_collections
 from flax.metrics import tensorboard
 from tqdm import tqdm
+
+from lmr_jax import fileio
 
 TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.jsonl"
@@ -37,8 +38,7 @@ class MetricLog:
   def write(self, step: int, **scalars: float) -> None:
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(dict(step=step, **scalars)) + "\n")
+    fileio.append_jsonl(self.path, dict(step=step, **scalars))
     for name, value in scalars.items():
       if value is not None:  # a metric the split cannot give (e.g. no highlight labels) stays null
         self._writer.scalar(name, value, step)
@@ -48,8 +48,7 @@ class MetricLog:
     """Every record of metrics.jsonl so far (this run's and, after a resume, the earlier runs')."""
     if not os.path.exists(self.path):
       return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return [record for record, _ in fileio.read_jsonl(self.path, what="training log")]
 
   def close(self) -> None:
     if self._writer is not None:

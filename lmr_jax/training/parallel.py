@@ -17,10 +17,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lmr_jax.errors import LmrError
+
 DATA_AXIS = "data"
 
 
-class MeshError(ValueError):
+class MeshError(LmrError):
   """A config that does not fit the devices of this job (one line, naming the config key)."""
 
 

@@ -12,6 +12,7 @@ import ml_collections
 import optax
 from flax import struct
 
+from lmr_jax.errors import ConfigError
 from lmr_jax.losses import losses
 from lmr_jax.training import parallel
 
@@ -32,7 +33,7 @@ SCHEDULES = {
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
   """AdamW (decoupled weight decay, as the peers' PyTorch AdamW) after global-norm clipping."""
   if optim.schedule not in SCHEDULES:
-    raise ValueError(f"config.optim.schedule '{optim.schedule}' is not one of {sorted(SCHEDULES)}")
+    raise ConfigError(f"config.optim.schedule '{optim.schedule}' is not one of {sorted(SCHEDULES)}")
   schedule = SCHEDULES[optim.schedule](optim, total_steps)
   transforms = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm else []
   transforms.append(optax.adamw(schedule, weight_decay=optim.weight_decay))
@@ -76,7 +77,7 @@ def train_step(
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def predict_step(params, batch: dict, *, model: nn.Module) -> dict:
+def eval_step(params, batch: dict, *, model: nn.Module) -> dict:
   """Last decoder layer's moments (cxw, fg probability) and the clip saliency."""
   outputs = model.apply({"params": params}, batch, train=False)
   return {
@@ -101,10 +102,10 @@ def jit_train_step(model, tx, loss_cfg, mesh=None, state_shardings=None):
   )
 
 
-def jit_predict_step(model, mesh=None, param_shardings=None):
-  """``predict_step``, jitted; with a ``mesh``, batch rows in and out are split over it."""
-  predict = functools.partial(predict_step, model=model)
+def jit_eval_step(model, mesh=None, param_shardings=None):
+  """``eval_step``, jitted; with a ``mesh``, batch rows in and out are split over it."""
+  step = functools.partial(eval_step, model=model)
   if mesh is None:
-    return jax.jit(predict)
+    return jax.jit(step)
   rows = parallel.batch_sharding(mesh)
-  return jax.jit(predict, in_shardings=(param_shardings, rows), out_shardings=rows)
+  return jax.jit(step, in_shardings=(param_shardings, rows), out_shardings=rows)

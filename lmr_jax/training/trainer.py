@@ -1,100 +1,162 @@
-"""``train_and_evaluate(config, workdir)``: data -> model -> jitted steps -> checkpoints -> evaluation.
+"""The training loop: jitted steps over the tf.data stream, with logs, evaluations and checkpoints.
 
-A run resumes from the latest checkpoint in ``workdir`` by itself: the train state and the data position
-come back together, so the resumed run sees the same batches and dropout keys it would have seen.
+``train`` resumes from the latest checkpoint in ``workdir`` by itself: the train state and the data
+position come back together, so the resumed run sees the same batches and dropout keys it would have
+seen. Evaluation is passed in (``lmr_jax.evaluation.evaluators``), so training depends on nothing above
+it; ``lmr_jax.commands.train.train_and_evaluate`` puts the two together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from lmr_jax.data import dataset
 from lmr_jax.data import pipeline
-from lmr_jax.evaluation import charades_metrics
-from lmr_jax.evaluation import predictions
-from lmr_jax.evaluation import qvh_metrics
-from lmr_jax.model.lmr import LMR
+from lmr_jax.data.examples import ExampleSource
+from lmr_jax.data.position import DataPosition
+from lmr_jax.errors import LmrError
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import metric_log
 from lmr_jax.training import parallel
+from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
 
-# config.evals names these; each maps (submission records, ground-truth records) to {"brief": ...}.
-EVALUATORS = {
-    "qvhighlights": qvh_metrics.eval_submission,
-    "charades_sta": charades_metrics.eval_charades,
-}
+# (jitted eval step, params, mesh) -> {"brief": {metric: value}, ...}: what ``train`` calls to evaluate.
+Evaluate = Callable[[Callable, Any, jax.sharding.Mesh], dict]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(LmrError, FloatingPointError):
   """Training produced NaN/inf; the last checkpoint saved before it is kept untouched."""
 
 
-def build_model(config: ml_collections.ConfigDict) -> LMR:
-  return LMR(config.model)
+@dataclasses.dataclass
+class _Schedule:
+  """When the loop logs, evaluates and saves."""
+
+  config: ml_collections.ConfigDict
+  steps_per_epoch: int
+
+  @property
+  def total_steps(self) -> int:
+    return self.config.num_epochs * self.steps_per_epoch
+
+  def eval_due(self, step: int, next_position: DataPosition) -> bool:
+    epoch_end = next_position.step == 0
+    return step == self.total_steps or (
+        epoch_end and next_position.epoch % self.config.eval_every_epochs == 0
+    )
+
+  def save_due(self, step: int) -> bool:
+    return step % self.config.checkpoint_every_steps == 0
+
+  def log_due(self, step: int) -> bool:
+    return step % self.config.log_every_steps == 0
 
 
-def init_state(config, model, tx, example_batch):
-  """Fresh train state from ``config.seed`` (also the abstract target for restoring)."""
-  return train_step_lib.create_train_state(model, tx, jax.random.key(config.seed), example_batch)
+def train(
+    config: ml_collections.ConfigDict, workdir: str, source: ExampleSource, evaluate: Evaluate
+) -> dict:
+  """Trains ``config`` on ``source`` in ``workdir`` (resuming if it holds checkpoints), evaluating
+  at the end of every ``eval_every_epochs`` epochs and at the last step; returns the last metrics.
 
-
-def sharded_state_layout(config, model, tx, mesh, example_batch):
-  """(abstract train state carrying its shardings, the shardings) for ``config`` on ``mesh``."""
-  abstract = jax.eval_shape(lambda: init_state(config, model, tx, example_batch))
-  shardings = parallel.state_shardings(mesh, abstract, config.fsdp)
-  return parallel.with_shardings(abstract, shardings), shardings
-
-
-def example_batch(source, batch_size: int) -> dict:
-  """A batch of the right shapes for initialisation (values do not matter)."""
-  first = source.example(0)
-  return {k: np.stack([v] * batch_size) for k, v in first.items()}
-
-
-def predict(predict_fn, params, source, config, mesh) -> list[dict]:
-  """Submission records for every query of ``source`` (each process predicts its share of the rows;
-  every process gets all records), windows rounded as ``config.eval_round_to_clip`` says."""
-  annotations_by_qid = {a.qid: a for a in source.annotations}
-  round_to = predictions.clip_rounding(config)
+  On SIGTERM/SIGINT it saves a checkpoint after the current step and returns early; the same call
+  (or command) then resumes exactly there.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint_lib.save_config(config, workdir)
+  schedule = _Schedule(config, pipeline.steps_per_epoch(len(source), config.batch_size))
+  mesh = _mesh(config)
+  model = state_lib.build_model(config)
+  tx, lr_schedule = train_step_lib.make_optimizer(config.optim, schedule.total_steps)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+  state, position, shardings = _initial_state(config, model, tx, mesh, source, checkpointer)
+  train_step = train_step_lib.jit_train_step(model, tx, config.loss, mesh, shardings)
+  eval_step = train_step_lib.jit_eval_step(model, mesh, shardings.params)
+  # Made under jit: device_put cannot place a value on other hosts' devices.
+  rng = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=parallel.replicated(mesh))()
   rows = parallel.batch_sharding(mesh)
-  records = []
-  batches = pipeline.eval_batches(
-      source, config.eval_batch_size, jax.process_index(), jax.process_count()
+  step = start_step = int(state.step)
+  _log_start(config, schedule, step, mesh, len(source))
+  batches = pipeline.train_batches(
+      source, config.batch_size, config.seed, position, jax.process_index(), jax.process_count()
   )
-  num_batches = pipeline.num_eval_batches(len(source), config.eval_batch_size, jax.process_count())
-  with metric_log.progress_bar(num_batches, 0, "eval") as bar:
-    for batch in batches:
-      outputs = parallel.to_host(predict_fn(params, parallel.global_batch(rows, batch)))
-      records += predictions.to_submission_records(
-          outputs, parallel.to_host(batch), annotations_by_qid, round_to
-      )
-      bar.update()
-  return records
-
-
-def score(records: list[dict], source, evals) -> dict:
-  """Runs each evaluator of ``evals`` on the records; their "brief" dicts are merged."""
-  for name in evals:
-    if name not in EVALUATORS:
-      raise ValueError(
-          f"config.evals: unknown evaluator '{name}', choose from {sorted(EVALUATORS)}"
-      )
-  ground_truth = [a.to_record() for a in source.annotations]
-  metrics = {"brief": {}}
-  for name in evals:
-    result = EVALUATORS[name](records, ground_truth)
-    metrics["brief"].update(result["brief"])
-    metrics[name] = result
+  log = metric_log.MetricLog(workdir, config)
+  bar = _EpochBars(schedule.steps_per_epoch, position)
+  history, metrics, start_time = [], {}, time.time()
+  with _StopOnSignal() as stop:
+    try:
+      while step < schedule.total_steps:
+        batch = next(batches)
+        state, step_metrics = train_step(state, parallel.global_batch(rows, batch.arrays), rng)
+        step += 1
+        history.append((step, step_metrics))
+        bar.step(batch.next_position)
+        eval_now = schedule.eval_due(step, batch.next_position)
+        stop_now = stop.requested()
+        save_now = schedule.save_due(step) or eval_now or stop_now
+        if schedule.log_due(step) or save_now:
+          train_loss = _log_train(
+              log, history, step, batch.position.epoch, lr_schedule, start_step, start_time
+          )
+          history = []
+          bar.show_loss(train_loss)
+        if eval_now:
+          metrics = evaluate(eval_step, state.params, mesh)
+          _log_eval(log, config.eval_split, step, batch.next_position.epoch, metrics["brief"])
+        if save_now:
+          checkpointer.save(state, batch.next_position, metrics["brief"] if eval_now else None)
+        if stop_now:
+          _log_stop(stop, step, checkpointer)
+          break
+    finally:
+      bar.close()
+      log.close()
+      checkpointer.close()
+  if jax.process_index() == 0:
+    print(
+        _summary(config, workdir, log, checkpointer, step, schedule.total_steps, start_time, stop)
+    )
   return metrics
+
+
+def _mesh(config):
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(mesh, "batch_size", config.batch_size)
+  parallel.check_batch_size(mesh, "eval_batch_size", config.eval_batch_size)
+  return mesh
+
+
+def _initial_state(config, model, tx, mesh, source: ExampleSource, checkpointer):
+  """(train state, data position, state shardings): the latest checkpoint's, or fresh ones."""
+  batch = state_lib.zeros_batch(source.element_spec(), config.batch_size // jax.process_count())
+  abstract_state, shardings = state_lib.sharded_state_layout(config, model, tx, mesh, batch)
+  if checkpointer.latest.latest_step() is not None:
+    state, position = checkpointer.restore("latest", abstract_state)
+    return state, position, shardings
+  state = jax.jit(lambda: state_lib.init_state(config, model, tx, batch), out_shardings=shardings)()
+  return state, DataPosition(), shardings
+
+
+def _log_start(config, schedule: _Schedule, step: int, mesh, num_queries: int) -> None:
+  logging.info(
+      "Training %d steps (%d per epoch) from step %d on %d devices (%d processes), %d train queries",
+      schedule.total_steps,
+      schedule.steps_per_epoch,
+      step,
+      mesh.size,
+      jax.process_count(),
+      num_queries,
+  )
 
 
 def _check_finite(history: list[tuple[int, dict]]) -> dict:
@@ -107,6 +169,56 @@ def _check_finite(history: list[tuple[int, dict]]) -> dict:
           "before it is kept"
       )
   return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+
+
+def _log_train(log, history, step, epoch, lr_schedule, start_step, start_time) -> float:
+  """Writes the mean of the steps since the last log (after checking them); returns the loss."""
+  means = _check_finite(history)
+  log.write(
+      step,
+      epoch=epoch,
+      lr=float(lr_schedule(step)),
+      steps_per_sec=(step - start_step) / max(time.time() - start_time, 1e-9),
+      **{f"train/{k}": v for k, v in means.items()},
+  )
+  logging.info("step %d epoch %d loss %.4f", step, epoch, means["loss"])
+  return means["loss"]
+
+
+def _log_stop(stop: "_StopOnSignal", step: int, checkpointer) -> None:
+  logging.warning(
+      "%s: saved step %d in %s and stopped; the same command resumes from it",
+      stop.signal_name or "signal on another process",
+      step,
+      checkpointer.latest.directory,
+  )
+
+
+def _log_eval(log, split: str, step: int, epochs_done: int, brief: dict) -> None:
+  log.write(step, epoch=epochs_done, **{f"{split}/{k}": v for k, v in brief.items()})
+  logging.info("step %d %s: %s", step, split, brief)
+
+
+class _EpochBars:
+  """One progress bar per epoch, started where the data stream stands."""
+
+  def __init__(self, steps_per_epoch: int, position: DataPosition):
+    self._steps = steps_per_epoch
+    self._bar = metric_log.progress_bar(
+        steps_per_epoch, position.step, f"epoch {position.epoch + 1}"
+    )
+
+  def step(self, next_position: DataPosition) -> None:
+    self._bar.update()
+    if next_position.step == 0:
+      self._bar.close()
+      self._bar = metric_log.progress_bar(self._steps, 0, f"epoch {next_position.epoch + 1}")
+
+  def show_loss(self, loss: float) -> None:
+    self._bar.set_postfix(loss=f"{loss:.4f}")
+
+  def close(self) -> None:
+    self._bar.close()
 
 
 class _StopOnSignal:
@@ -142,134 +254,6 @@ class _StopOnSignal:
 
   def __exit__(self, *exc):
     self._restore_handlers()
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the last metrics.
-
-  On SIGTERM/SIGINT it saves a checkpoint after the current step and returns early; the same call
-  (or command) then resumes exactly there.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint_lib.save_config(config, workdir)
-  if config.data.generate_synthetic:
-    dataset.ensure_synthetic(config.data)
-  with_captions = config.model.use_caption_context
-  train_source = dataset.example_source(
-      config.data, "train", with_captions=with_captions, training=True
-  )
-  eval_source = dataset.example_source(
-      config.data, config.eval_split, with_captions=with_captions, training=False
-  )
-  steps_per_epoch = pipeline.steps_per_epoch(len(train_source), config.batch_size)
-  total_steps = config.num_epochs * steps_per_epoch
-
-  mesh = parallel.make_mesh(config.num_devices)
-  parallel.check_batch_size(mesh, "batch_size", config.batch_size)
-  parallel.check_batch_size(mesh, "eval_batch_size", config.eval_batch_size)
-  model = build_model(config)
-  tx, schedule = train_step_lib.make_optimizer(config.optim, total_steps)
-  local_batch = example_batch(train_source, config.batch_size // jax.process_count())
-  abstract_state, state_shardings = sharded_state_layout(config, model, tx, mesh, local_batch)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
-  position = pipeline.DataPosition()
-  if checkpointer.latest.latest_step() is not None:
-    state, position = checkpointer.restore("latest", abstract_state)
-  else:
-    state = jax.jit(
-        lambda: init_state(config, model, tx, local_batch), out_shardings=state_shardings
-    )()
-  step = int(state.step)
-  logging.info(
-      "Training %d steps (%d per epoch) from step %d on %d devices (%d processes), "
-      "%d train / %d %s queries",
-      total_steps,
-      steps_per_epoch,
-      step,
-      mesh.size,
-      jax.process_count(),
-      len(train_source),
-      len(eval_source),
-      config.eval_split,
-  )
-
-  train_step = train_step_lib.jit_train_step(model, tx, config.loss, mesh, state_shardings)
-  predict_fn = train_step_lib.jit_predict_step(model, mesh, state_shardings.params)
-  # Made under jit: device_put cannot place a value on other hosts' devices.
-  rng = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=parallel.replicated(mesh))()
-  rows = parallel.batch_sharding(mesh)
-  log = metric_log.MetricLog(workdir, config)
-  history, metrics, start_time = [], {}, time.time()
-  start_step = step
-  batches = pipeline.train_batches(
-      train_source,
-      config.batch_size,
-      config.seed,
-      position,
-      jax.process_index(),
-      jax.process_count(),
-  )
-  bar = metric_log.progress_bar(steps_per_epoch, position.step, f"epoch {position.epoch + 1}")
-  with _StopOnSignal() as stop:
-    try:
-      while step < total_steps:
-        position, batch = next(batches)
-        state, step_metrics = train_step(state, parallel.global_batch(rows, batch), rng)
-        step += 1
-        bar.update()
-        history.append((step, step_metrics))
-        epoch_done = position.step == steps_per_epoch - 1
-        next_position = (
-            pipeline.DataPosition(position.epoch + 1, 0)
-            if epoch_done
-            else pipeline.DataPosition(position.epoch, position.step + 1)
-        )
-        eval_now = (epoch_done and (position.epoch + 1) % config.eval_every_epochs == 0) or (
-            step == total_steps
-        )
-        stop_now = stop.requested()
-        save_now = step % config.checkpoint_every_steps == 0 or eval_now or stop_now
-        if step % config.log_every_steps == 0 or save_now:
-          train_means = _check_finite(history)
-          history = []
-          log.write(
-              step,
-              epoch=position.epoch,
-              lr=float(schedule(step)),
-              steps_per_sec=(step - start_step) / max(time.time() - start_time, 1e-9),
-              **{f"train/{k}": v for k, v in train_means.items()},
-          )
-          bar.set_postfix(loss=f"{train_means['loss']:.4f}")
-          logging.info("step %d epoch %d loss %.4f", step, position.epoch, train_means["loss"])
-        if eval_now:
-          records = predict(predict_fn, state.params, eval_source, config, mesh)
-          metrics = score(records, eval_source, config.evals)
-          log.write(
-              step,
-              epoch=position.epoch + 1,
-              **{f"{config.eval_split}/{k}": v for k, v in metrics["brief"].items()},
-          )
-          logging.info("step %d %s: %s", step, config.eval_split, metrics["brief"])
-        if save_now:
-          checkpointer.save(state, next_position, metrics=metrics["brief"] if eval_now else None)
-        if stop_now:
-          logging.warning(
-              "%s: saved step %d in %s and stopped; the same command resumes from it",
-              stop.signal_name or "signal on another process",
-              step,
-              checkpointer.latest.directory,
-          )
-          break
-        if epoch_done and step < total_steps:
-          bar.close()
-          bar = metric_log.progress_bar(steps_per_epoch, 0, f"epoch {position.epoch + 2}")
-    finally:
-      bar.close()
-      log.close()
-      checkpointer.close()
-  if jax.process_index() == 0:
-    print(_summary(config, workdir, log, checkpointer, step, total_steps, start_time, stop))
-  return metrics
 
 
 def _summary(config, workdir, log, checkpointer, step, total_steps, start_time, stop) -> str:

@@ -13,6 +13,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+
+from lmr_jax.data import examples as examples_lib
+
 # Each stream's query tokens: the CLIP text tokens for the visual VQF, the caption-encoder tokens for
 # the caption VQF.
 TOKEN_MASKS = {"visual": "query_mask", "caption": "caption_query_mask"}
@@ -53,11 +56,8 @@ def vqf_attention(
   for start in range(0, len(indices), batch_size):
     chunk = list(indices[start : start + batch_size])
     examples = [source.example(i) for i in chunk]
-    padded = examples + [examples[0]] * (batch_size - len(examples))
-    batch = {k: np.stack([e[k] for e in padded]) for k in examples[0]}
-    weights = jax.device_get(
-        fn(params, batch)
-    )  # a dict in key order; the figures want stream order
+    # A dict in key order; the figures want stream order.
+    weights = jax.device_get(fn(params, examples_lib.stack_examples(examples, batch_size)))
     weights = {name: weights[name] for name in stream_names(model.config) if name in weights}
     for row, example in enumerate(examples):
       num_clips = int(example["video_mask"].sum())

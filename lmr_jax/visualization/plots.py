@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from lmr_jax import fileio
 from lmr_jax.data.annotations import DataError, load_annotations
 from lmr_jax.evaluation.submission import SubmissionError, read_submission
 from lmr_jax.visualization import PlotError
@@ -52,23 +53,11 @@ def sample_indices(num_items: int, num: int, seed: int = SAMPLE_SEED) -> list[in
 
 def read_metrics_log(path: str) -> list[dict]:
   """The records of a training log (``{workdir}/metrics.jsonl``, one JSON object per line)."""
-  if not os.path.isfile(path):
-    raise PlotError(f"{path}: no such file (the training log that train.py writes in its workdir)")
-  records = []
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise PlotError(f"{path}:{line_no}: not JSON ({e.msg})") from None
-      if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-        raise PlotError(f"{path}:{line_no}: expected a JSON object with an integer 'step'")
-      records.append(record)
-  if not records:
-    raise PlotError(f"{path}: empty training log")
-  return records
+  pairs = fileio.read_jsonl(path, PlotError, "training log (train.py writes it in its workdir)")
+  for record, where in pairs:
+    if not isinstance(record.get("step"), int):
+      raise PlotError(f"{where}: expected a JSON object with an integer 'step'")
+  return [record for record, _ in pairs]
 
 
 def _panel_of(key: str) -> str:

@@ -1,7 +1,7 @@
-"""Score a submission file against ground truth, print the brief metrics and save the full metrics json.
+"""Scores a submission file against ground truth, prints the brief metrics, saves the full metrics json.
 
-  python -m lmr_jax.evaluate --submission preds.jsonl --gt highlight_val_release.jsonl \
-      [--save_path metrics.json] [--dataset qvh|charades]
+  python -m lmr_jax.commands.score --submission preds.jsonl --gt highlight_val_release.jsonl \
+      [--save_path metrics.json] [--evaluator qvhighlights|charades_sta]
 
 The saved json has the official QVHighlights evaluator's names and structure (for Charades-STA only a
 "brief" block). Bad input exits with status 2 and a one-line error naming the file and line.
@@ -10,22 +10,14 @@ The saved json has the official QVHighlights evaluator's names and structure (fo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
 
-from lmr_jax.evaluation.charades_metrics import eval_charades
-from lmr_jax.evaluation.qvh_metrics import eval_submission
-from lmr_jax.evaluation.submission import SubmissionError, atomic_write_text, read_ground_truth, read_submission
-
-EVALUATORS = {"qvh": eval_submission, "charades": eval_charades}
-
-
-def evaluate(
-    submission: Sequence[dict], ground_truth: Sequence[dict], dataset: str = "qvh"
-) -> dict:
-  return EVALUATORS[dataset](submission, ground_truth)
+from lmr_jax import fileio
+from lmr_jax.errors import LmrError
+from lmr_jax.evaluation import evaluators
+from lmr_jax.evaluation.submission import read_ground_truth, read_submission
 
 
 def default_save_path(submission_path: str) -> str:
@@ -36,12 +28,6 @@ def default_save_path(submission_path: str) -> str:
   return os.path.join(os.path.dirname(submission_path), f"{base}_metrics.json")
 
 
-def format_brief(brief: dict) -> str:
-  """Two-column table; None (an empty length bucket) prints as n/a."""
-  width = max(len(k) for k in brief)
-  return "\n".join(f"{k:<{width}}  {'n/a' if v is None else f'{v:6.2f}'}" for k, v in brief.items())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--submission", required=True, help="predictions, JSON Lines (.gz ok)")
@@ -49,16 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument(
       "--save_path", help="metrics json (default: <submission stem>_metrics.json beside it)"
   )
-  parser.add_argument("--dataset", choices=sorted(EVALUATORS), default="qvh")
+  parser.add_argument("--evaluator", choices=sorted(evaluators.METRICS), default="qvhighlights")
   args = parser.parse_args(argv)
   try:
-    metrics = evaluate(read_submission(args.submission), read_ground_truth(args.gt), args.dataset)
+    submission, ground_truth = read_submission(args.submission), read_ground_truth(args.gt)
+    metrics = evaluators.METRICS[args.evaluator](submission, ground_truth)
     save_path = args.save_path or default_save_path(args.submission)
-    atomic_write_text(save_path, json.dumps(metrics, indent=4) + "\n")
-  except (SubmissionError, OSError) as e:
+    fileio.write_json(save_path, metrics, indent=4)
+  except (LmrError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(format_brief(metrics["brief"]))
+  print(evaluators.format_brief(metrics["brief"], f"{args.submission}: {args.evaluator}"), end="")
   print(f"saved {save_path}")
   return 0
 

@@ -1,0 +1,31 @@
+"""``train_and_evaluate(config, workdir)``: the data of ``config``, the training loop, and the evaluator
+of ``config.evals`` on ``config.eval_split`` (what ``train.py`` runs)."""
+
+from __future__ import annotations
+
+import logging
+
+import ml_collections
+
+from lmr_jax.data import dataset
+from lmr_jax.evaluation import split_evaluator
+from lmr_jax.training import trainer
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the last metrics.
+
+  Both splits are read (and, with ``config.data.preload``, every feature file checked) before any
+  checkpoint or log is written.
+  """
+  dataset.prepare(config.data)
+  with_captions = config.model.use_caption_context
+  train_source = dataset.example_source(
+      config.data, "train", with_captions=with_captions, training=True
+  )
+  eval_source = dataset.example_source(
+      config.data, config.eval_split, with_captions=with_captions, training=False
+  )
+  logging.info("Evaluating on %d %s queries", len(eval_source), config.eval_split)
+  evaluator = split_evaluator.SplitEvaluator(config, eval_source)
+  return trainer.train(config, workdir, train_source, evaluator)

@@ -1,0 +1,114 @@
+"""Files as the whole tree reads and writes them: JSON Lines in, atomic writes out.
+
+Every writer goes through ``atomic_file``: the bytes land in a temporary file in the same folder, are
+fsynced and renamed over the target, so a crash or a full disk leaves the old file or the new one, never
+half of either. ``.gz`` paths are read and written gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+
+from lmr_jax.errors import LmrError
+
+
+def is_number(x) -> bool:
+  """A finite int or float (not a bool): what JSON numbers in our files must be."""
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def open_text(path: str, mode: str = "r"):
+  if str(path).endswith(".gz"):
+    return gzip.open(path, mode + "t", encoding="utf-8")
+  return open(path, mode, encoding="utf-8")
+
+
+def read_jsonl(
+    path: str | os.PathLike, error: type[LmrError] = LmrError, what: str = "JSON Lines file"
+) -> list[tuple[dict, str]]:
+  """(object, "path:line") for every non-blank line of ``path``; at least one.
+
+  A missing or undecodable file, a malformed line or a line that is not a JSON object is one
+  ``error`` line naming the file (and line); ``what`` says in that message what the file should be.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise error(f"{path}: no such file (expected: {what})")
+  records = []
+  try:
+    with open_text(path) as f:
+      for line_number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        where = f"{path}:{line_number}"
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise error(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+          raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+        records.append((record, where))
+  except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
+    raise error(f"{path}: not a readable UTF-8 {what} ({e})") from None
+  if not records:
+    raise error(f"{path}: empty {what}")
+  return records
+
+
+def _umask() -> int:
+  """The process umask, read without changing it (os.umask can only be read by setting it)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  return 0o022
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator:
+  """A binary file object whose content replaces ``path`` only when the block finishes."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      yield f
+      f.flush()
+      os.fchmod(
+          f.fileno(), 0o666 & ~_umask()
+      )  # mkstemp makes 0600; a plain open() respects the umask
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  data = text.encode("utf-8")
+  with atomic_file(path) as f:
+    f.write(gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
+
+
+def write_json(path: str | os.PathLike, obj, **dumps_kwargs) -> None:
+  atomic_write_text(path, json.dumps(obj, **{"indent": 2, **dumps_kwargs}) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Sequence[dict]) -> None:
+  atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+  """One line added to a log; a line is written whole with one write call."""
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")

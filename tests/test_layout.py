@@ -1,0 +1,83 @@
+"""The tree's shape: imports run one way (tests/import_graph.py), functions stay short, and importing a
+module changes nothing outside it."""
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import import_graph
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MAX_BODY_LINES = 60
+REASON = "Long because"
+
+
+def test_lmr_jax_has_no_import_cycle_and_no_upward_arrow():
+  graph = import_graph.module_graph()
+  assert "lmr_jax.training.trainer" in graph and len(graph) > 40  # the graph is really read
+  assert import_graph.violations(graph) == []
+
+
+def test_the_checker_sees_cycles_and_upward_arrows():
+  graph = {
+      "lmr_jax.training.trainer": {"lmr_jax.evaluation.evaluators"},
+      "lmr_jax.evaluation.evaluators": {"lmr_jax.training.metric_log"},
+      "lmr_jax.training.metric_log": set(),
+      "lmr_jax.data.dataset": {"lmr_jax.data.packed"},
+      "lmr_jax.data.packed": {"lmr_jax.data.dataset"},
+  }
+  problems = import_graph.violations(graph)
+  assert (
+      "module cycle: lmr_jax.data.dataset -> lmr_jax.data.packed -> lmr_jax.data.dataset"
+      in problems
+  )
+  assert any(
+      p.startswith("package cycle: lmr_jax.evaluation -> lmr_jax.training") for p in problems
+  )
+  assert "upward arrow: lmr_jax.training.trainer -> lmr_jax.evaluation.evaluators" in problems
+
+
+def test_long_functions_say_why():
+  long = []
+  for path in sorted((ROOT / "lmr_jax").rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        continue
+      docstring = ast.get_docstring(node) or ""
+      first = node.body[1] if docstring and len(node.body) > 1 else node.body[0]
+      if node.end_lineno - first.lineno + 1 > MAX_BODY_LINES and REASON not in docstring:
+        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+  assert long == []
+
+
+def test_importing_lmr_jax_changes_no_global_state():
+  """Every module imported in a fresh process: no environment variable, sys.path entry or logging
+  handler filter is added, and TensorFlow keeps its GPUs (tf.data hides them when it is first used).
+  """
+  modules = sorted(import_graph.module_graph())
+  code = f"""
+import logging, os, sys
+from absl import logging as absl_logging
+# The third-party libraries first: some of them set environment variables as they load.
+import av, flax, jax, matplotlib, optax, orbax.checkpoint, tensorflow, tensorflow_datasets, torch
+import transformers
+import preprocess.captioners, preprocess.clip_features, preprocess.text_features, preprocess.video_io
+env, path = dict(os.environ), list(sys.path)
+filters = list(absl_logging.get_absl_handler().filters)
+import importlib
+for name in {modules!r}:
+  importlib.import_module(name)
+import tensorflow as tf
+assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())
+assert sys.path == path, sys.path
+assert list(absl_logging.get_absl_handler().filters) == filters
+assert tf.config.get_visible_devices("GPU") == tf.config.list_physical_devices("GPU")
+print("ok")
+"""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  result = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
