@@ -99,6 +99,11 @@ def _mask(n: int, length: int) -> np.ndarray:
   return np.arange(length) < n
 
 
+def element_spec(example: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{key: (shape, dtype)} of one example: what tf.data and the abstract train state are built from."""
+  return {k: (v.shape, v.dtype) for k, v in example.items()}
+
+
 def stack_examples(examples: list[dict[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
   """One batch of ``rows`` rows: the examples, then copies of the first as padding (a fixed batch
   shape serves every call; the caller drops the padding rows' outputs)."""
@@ -247,4 +252,4 @@ class ExampleSource:
 
   def element_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shapes and dtypes of ``example``'s arrays, for tf.data."""
-    return {k: (v.shape, v.dtype) for k, v in self.example(0).items()}
+    return element_spec(self.example(0))

@@ -208,7 +208,7 @@ class Predictor:
           state_lib.build_model(config),
           checkpointer,
           checkpoint,
-          {k: (v.shape, v.dtype) for k, v in blank.items()},
+          examples_lib.element_spec(blank),
           parallel.make_mesh(1),
       )
     finally:
