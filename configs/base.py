@@ -51,6 +51,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # True reproduces a QD-DETR quirk (its T2V mask is tiled across the batch in the wrong order, so a
   # query's outputs depend on its batch-mates' padding); for the weight-port parity check only.
   config.model.qd_detr_t2v_mask = False
+  # Compute dtype: "bfloat16" on GPU/TPU (params, optimizer state, LayerNorm statistics, softmax,
+  # outputs, losses stay float32). float32 on the CPU, where XLA's bf16 matmuls are slower.
+  config.model.dtype = "float32"
+  # "auto": attention in a few batch rows at a time on the CPU (cache-sized), one batched einsum on
+  # GPU/TPU; "chunked" / "einsum" force one (lmr_jax/model/layers.py).
+  config.model.attention = "auto"
   # Ablations (paper Tab. V/VI); each switches a real code path in lmr_jax/model/lmr.py.
   config.model.use_caption_context = True  # False: w/o VCE
   config.model.use_visual = True  # False: w/o VFE (the visual stream does not enter the context)

@@ -10,6 +10,8 @@ without a gradient and the model's ``span_embed`` predicts each layer's span rel
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,8 @@ class DecoderLayer(nn.Module):
   ffn_dim: int
   dropout: float
   is_first: bool
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(
@@ -40,7 +44,7 @@ class DecoderLayer(nn.Module):
       train: bool,
   ):
     d, h = tgt_BxKxD.shape[-1], self.num_heads
-    dense = lambda name: nn.Dense(d, name=name)  # noqa: E731
+    dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)  # noqa: E731
     drop = lambda x: layers.Dropout(self.dropout, deterministic=not train)(x)  # noqa: E731
     num_queries = tgt_BxKxD.shape[1]
 
@@ -48,10 +52,11 @@ class DecoderLayer(nn.Module):
     k = dense("sa_kcontent_proj")(tgt_BxKxD) + dense("sa_kpos_proj")(query_pos_BxKxD)
     v = dense("sa_v_proj")(tgt_BxKxD)
     all_queries = jnp.ones(tgt_BxKxD.shape[:2], bool)
-    attn = layers.Attend(h, self.dropout, name="self_attn")(
-        q, k, v, layers.key_mask(all_queries, num_queries), train=train
+    attend = lambda name: layers.Attend(  # noqa: E731
+        h, self.dropout, self.dtype, self.attention, name=name
     )
-    tgt = layers.layer_norm("norm1")(tgt_BxKxD + drop(attn))
+    attn = attend("self_attn")(q, k, v, layers.key_mask(all_queries, num_queries), train=train)
+    tgt = layers.layer_norm("norm1", self.dtype)(tgt_BxKxD + drop(attn))
 
     q = dense("ca_qcontent_proj")(tgt)
     k = dense("ca_kcontent_proj")(memory_BxLxD)
@@ -66,16 +71,16 @@ class DecoderLayer(nn.Module):
     def concat(a, b):  # per head: [content part, position part]
       return jnp.concatenate([per_head(a), per_head(b)], -1).reshape(a.shape[:2] + (2 * d,))
 
-    attn = layers.Attend(h, self.dropout, name="cross_attn")(
+    attn = attend("cross_attn")(
         concat(q, q_sine),
         concat(k, k_pos),
         v,
         layers.key_mask(memory_mask_BxL, num_queries),
         train=train,
     )
-    tgt = layers.layer_norm("norm2")(tgt + drop(attn))
-    y = layers.FeedForward(self.ffn_dim, self.dropout, name="ffn")(tgt, train=train)
-    return layers.layer_norm("norm3")(tgt + drop(y))
+    tgt = layers.layer_norm("norm2", self.dtype)(tgt + drop(attn))
+    y = layers.FeedForward(self.ffn_dim, self.dropout, self.dtype, name="ffn")(tgt, train=train)
+    return layers.layer_norm("norm3", self.dtype)(tgt + drop(y))
 
 
 class AnchorDecoder(nn.Module):
@@ -86,17 +91,20 @@ class AnchorDecoder(nn.Module):
   num_heads: int
   ffn_dim: int
   dropout: float
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(
       self, tgt_BxKxD, anchors_BxKx2, memory_BxLxD, memory_pos_BxLxD, memory_mask_BxL, *, train
   ):
-    d = tgt_BxKxD.shape[-1]
-    ref_point_head = layers.MLP(d, d, 2, name="ref_point_head")
-    query_scale = layers.MLP(d, d, 2, name="query_scale")
-    ref_anchor_head = layers.MLP(d, 1, 2, name="ref_anchor_head")
-    bbox_embed = layers.MLP(d, 2, 3, zero_init_last=True, name="bbox_embed")
-    norm = layers.layer_norm("norm")
+    d, dt = tgt_BxKxD.shape[-1], self.dtype
+    ref_point_head = layers.MLP(d, d, 2, dtype=dt, name="ref_point_head")
+    query_scale = layers.MLP(d, d, 2, dtype=dt, name="query_scale")
+    ref_anchor_head = layers.MLP(d, 1, 2, dtype=dt, name="ref_anchor_head")
+    # Anchors stay float32: their refinements are small offsets in sigmoid space.
+    bbox_embed = layers.MLP(d, 2, 3, zero_init_last=True, dtype=dt, name="bbox_embed")
+    norm = layers.layer_norm("norm", dt)
     output = tgt_BxKxD
     reference = anchors_BxKx2
     hidden, starts = [], []
@@ -108,12 +116,20 @@ class AnchorDecoder(nn.Module):
       # Width modulation: the code is rescaled by the predicted width over the anchor's width.
       sine = sine * (jax.nn.sigmoid(ref_anchor_head(output)) / reference[..., 1:])
       output = DecoderLayer(
-          self.num_heads, self.ffn_dim, self.dropout, is_first=i == 0, name=f"layers_{i}"
+          self.num_heads,
+          self.ffn_dim,
+          self.dropout,
+          is_first=i == 0,
+          dtype=dt,
+          attention=self.attention,
+          name=f"layers_{i}",
       )(output, memory_BxLxD, memory_pos_BxLxD, memory_mask_BxL, query_pos, sine, train=train)
       hidden.append(norm(output))
       # The anchor the predictions of layer i are relative to keeps its gradient (QD-DETR stacks the
       # refined anchors before detaching them); the next layer's input anchor does not.
       starts.append(reference if i == 0 else refined)
-      refined = jax.nn.sigmoid(bbox_embed(output) + layers.inverse_sigmoid(reference))
+      refined = jax.nn.sigmoid(
+          bbox_embed(output).astype(jnp.float32) + layers.inverse_sigmoid(reference)
+      )
       reference = jax.lax.stop_gradient(refined)
     return jnp.stack(hidden), jnp.stack(starts)

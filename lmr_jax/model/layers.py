@@ -7,10 +7,14 @@ onto our parameters (lmr_jax/port/qd_detr.py) and its eval-mode outputs are repr
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lmr_jax.errors import ConfigError
 
 
 def masked_sine_positions(mask_BxL: jnp.ndarray, dim: int, temperature: float = 10000.0):
@@ -80,10 +84,29 @@ class Dropout(nn.Module):
     return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
+ATTENTION = ("auto", "chunked", "einsum")
+
+
+def resolve_attention(name: str, platform: str | None = None) -> str:
+  """``model.attention`` -> the implementation to trace: "auto" is "chunked" on the CPU and "einsum"
+  on GPU/TPU (``platform``: what the step is compiled for, default ``jax.default_backend()``)."""
+  if name not in ATTENTION:
+    raise ConfigError(f"config.model.attention '{name}' is not one of {ATTENTION}")
+  if name != "auto":
+    return name
+  return "chunked" if (platform or jax.default_backend()) == "cpu" else "einsum"
+
+
 def _attention(q_BxQxHxd, k_BxKxHxd, v_BxKxHxd, bias_Bx1xQxK, dropout_QxK):
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxd / np.sqrt(q_BxQxHxd.shape[-1]), k_BxKxHxd)
+  """Softmax attention with logits, bias and softmax in float32 whatever the compute dtype (bf16
+  logits of 151 keys would lose the small weights); the weights go back to the values' dtype."""
+  root_d = np.asarray(np.sqrt(q_BxQxHxd.shape[-1]), q_BxQxHxd.dtype)
+  logits = jnp.einsum(
+      "bqhd,bkhd->bhqk", q_BxQxHxd / root_d, k_BxKxHxd, preferred_element_type=jnp.float32
+  )
   weights = jax.nn.softmax(logits + bias_Bx1xQxK)
-  return weights, jnp.einsum("bhqk,bkhd->bqhd", weights * dropout_QxK, v_BxKxHxd)
+  mixed = (weights * dropout_QxK).astype(v_BxKxHxd.dtype)
+  return weights, jnp.einsum("bhqk,bkhd->bqhd", mixed, v_BxKxHxd)
 
 
 def dot_product_attention(
@@ -96,28 +119,36 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     deterministic: bool = False,
     module=None,
+    implementation: str = "einsum",
 ):
-  """nn.dot_product_attention's computation (mask, softmax, dropout shared over batch and heads),
-  laid out for CPU: the (B, heads, Q, K) logits are processed a few batch rows at a time so that their
-  softmax, dropout and backward passes stay in cache instead of streaming ~50 MB tensors from memory
-  (the encoder at QVHighlights shapes: 64 x 8 x 151 x 151), and the dropout mask is applied inside
-  that loop rather than materialised at full size.
+  """nn.dot_product_attention's computation (mask, softmax, dropout shared over batch and heads).
+
+  ``implementation`` (``resolve_attention``): "einsum" is one batched pass, what GPUs and TPUs want
+  (a few large kernels); "chunked" is laid out for the CPU: the (B, heads, Q, K) logits are processed
+  a few batch rows at a time so that their softmax, dropout and backward passes stay in cache instead
+  of streaming ~50 MB tensors from memory (the encoder at QVHighlights shapes: 64 x 8 x 151 x 151).
+  Both apply the dropout mask inside the attention rather than materialising it at full size, and
+  give the same values (tests/test_model.py).
   """
   assert broadcast_dropout, "dropout masks are shared over batch and heads, as nn.Dropout's default"
   batch, q_len, k_len = query.shape[0], query.shape[1], key.shape[1]
   if mask is None:
     mask = jnp.ones((batch, 1, q_len, k_len), bool)
-  bias_Bx1xQxK = jnp.where(mask, 0.0, jnp.finfo(query.dtype).min).astype(query.dtype)
+  bias_Bx1xQxK = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
   if deterministic or dropout_rate == 0.0:
-    dropout_QxK = jnp.ones((q_len, k_len), query.dtype)
+    dropout_QxK = jnp.ones((q_len, k_len), jnp.float32)
   else:
     keep_QxK, keep_prob = keep_mask(dropout_rng, dropout_rate, (q_len, k_len))
-    dropout_QxK = jnp.where(keep_QxK, 1.0 / keep_prob, 0.0).astype(query.dtype)
+    dropout_QxK = jnp.where(keep_QxK, 1.0 / keep_prob, 0.0)
   if module is not None and module.is_mutable_collection("intermediates"):
     weights, out = _attention(query, key, value, bias_Bx1xQxK, dropout_QxK)
     module.sow("intermediates", "attention_weights", weights)
     return out
-  chunks = _num_chunks(batch, q_len * k_len * query.shape[2])
+  chunks = 1
+  if implementation == "chunked":
+    chunks = _num_chunks(batch, q_len * k_len * query.shape[2])
+  elif implementation != "einsum":
+    raise ValueError(f"unknown attention implementation {implementation!r}")
   if chunks == 1:
     return _attention(query, key, value, bias_Bx1xQxK, dropout_QxK)[1]
   split = lambda x: x.reshape((chunks, batch // chunks) + x.shape[1:])  # noqa: E731
@@ -136,10 +167,11 @@ def _num_chunks(batch: int, logits_per_row: int, chunk_bytes: int = 3 << 20) -> 
   return batch
 
 
-def layer_norm(name: str, epsilon: float = 1e-5) -> nn.LayerNorm:
+def layer_norm(name: str, dtype=jnp.float32, epsilon: float = 1e-5) -> nn.LayerNorm:
   """torch.nn.LayerNorm's: epsilon 1e-5 and the two-pass variance (flax's one-pass E[x^2] - E[x]^2
-  loses digits in float32 when a feature's mean is large against its spread)."""
-  return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, name=name)
+  loses digits in float32 when a feature's mean is large against its spread). Its statistics are
+  float32 whatever ``dtype`` (the output's)."""
+  return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype, name=name)
 
 
 class InputNorm(nn.Module):
@@ -148,26 +180,28 @@ class InputNorm(nn.Module):
   ``affine=False`` drops the LayerNorm's scale and bias: the Dense that follows can absorb them (in
   evaluation exactly: W (g x + b) + c = (W diag g) x + (W b + c)), and without them no gradient flows
   below that Dense, so the backward pass skips the (B*L, 4096) input gradient, ~10 % of a QVHighlights
-  step's FLOPs (README, "Benchmark"). The default keeps QD-DETR's affine LayerNorm.
+  step's FLOPs (README, "Benchmark"). The default keeps QD-DETR's affine LayerNorm. Statistics are
+  float32; the output is ``dtype``.
   """
 
   rate: float
   affine: bool = True
   epsilon: float = 1e-5  # torch.nn.LayerNorm's
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     if self.affine:
-      x = layer_norm("LayerNorm", self.epsilon)(x)
+      x = layer_norm("LayerNorm", self.dtype, self.epsilon)(x)
     else:
-      x = jax.lax.stop_gradient(x)
+      x = jax.lax.stop_gradient(x).astype(jnp.promote_types(x.dtype, jnp.float32))
       mean = x.mean(-1, keepdims=True)
       var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
-      x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+      x = ((x - mean) * jax.lax.rsqrt(var + self.epsilon)).astype(self.dtype)
     if not train or self.rate == 0.0:
       return x
     keep, keep_prob = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
-    return jnp.where(keep, x / keep_prob, 0.0)
+    return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
 class InputProjection(nn.Module):
@@ -177,13 +211,17 @@ class InputProjection(nn.Module):
   hidden_dim: int
   input_dropout: float
   affine_first_norm: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = InputNorm(self.input_dropout, self.affine_first_norm, name="norm_0")(x, train=train)
-    x = nn.relu(nn.Dense(self.hidden_dim, name="dense_0")(x))
-    x = InputNorm(self.input_dropout, name="norm_1")(x, train=train)
-    return nn.Dense(self.hidden_dim, name="dense_1")(x)
+    dt = self.dtype
+    x = InputNorm(self.input_dropout, self.affine_first_norm, dtype=dt, name="norm_0")(
+        x, train=train
+    )
+    x = nn.relu(nn.Dense(self.hidden_dim, dtype=dt, name="dense_0")(x))
+    x = InputNorm(self.input_dropout, dtype=dt, name="norm_1")(x, train=train)
+    return nn.Dense(self.hidden_dim, dtype=dt, name="dense_1")(x)
 
 
 class PReLU(nn.Module):
@@ -192,7 +230,7 @@ class PReLU(nn.Module):
   @nn.compact
   def __call__(self, x):
     slope = self.param("slope", nn.initializers.constant(0.25), ())
-    return jnp.where(x >= 0, x, slope * x)
+    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
 class FeedForward(nn.Module):
@@ -200,12 +238,13 @@ class FeedForward(nn.Module):
 
   ffn_dim: int
   dropout: float
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    y = PReLU(name="activation")(nn.Dense(self.ffn_dim, name="linear1")(x))
+    y = PReLU(name="activation")(nn.Dense(self.ffn_dim, dtype=self.dtype, name="linear1")(x))
     y = Dropout(self.dropout, deterministic=not train)(y)
-    return nn.Dense(x.shape[-1], name="linear2")(y)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, name="linear2")(y)
 
 
 def key_mask(k_mask_BxK: jnp.ndarray, num_queries: int) -> jnp.ndarray:
@@ -241,10 +280,13 @@ class Attend(nn.Module):
   Queries and keys may be wider than values (DAB-DETR's cross-attention concatenates a position part to
   each head); the logits are scaled by the query head width, as in QD-DETR's attention. Weights are
   sown as ``attention_weights`` (B, heads, Q, K) when apply runs with mutable=["intermediates"].
+  ``attention``: an implementation of ``dot_product_attention`` (``resolve_attention``'s result).
   """
 
   num_heads: int
   dropout: float
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, q_BxQxE, k_BxKxE, v_BxKxD, mask_BxQxK, *, train: bool):
@@ -259,9 +301,10 @@ class Attend(nn.Module):
         dropout_rate=self.dropout,
         deterministic=not train,
         module=self,
+        implementation=self.attention,
     )
     out_BxQxD = out_BxQxHxd.reshape(out_BxQxHxd.shape[:2] + (-1,))
-    return nn.Dense(v_BxKxD.shape[-1], name="out_proj")(out_BxQxD)
+    return nn.Dense(v_BxKxD.shape[-1], dtype=self.dtype, name="out_proj")(out_BxQxD)
 
 
 class MultiHeadAttention(nn.Module):
@@ -269,14 +312,18 @@ class MultiHeadAttention(nn.Module):
 
   num_heads: int
   dropout: float
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, q_BxQxD, k_BxKxD, v_BxKxD, mask_BxQxK, *, train: bool):
     d = q_BxQxD.shape[-1]
-    q = nn.Dense(d, name="q_proj")(q_BxQxD)
-    k = nn.Dense(d, name="k_proj")(k_BxKxD)
-    v = nn.Dense(d, name="v_proj")(v_BxKxD)
-    return Attend(self.num_heads, self.dropout, name="attend")(q, k, v, mask_BxQxK, train=train)
+    q = nn.Dense(d, dtype=self.dtype, name="q_proj")(q_BxQxD)
+    k = nn.Dense(d, dtype=self.dtype, name="k_proj")(k_BxKxD)
+    v = nn.Dense(d, dtype=self.dtype, name="v_proj")(v_BxKxD)
+    return Attend(self.num_heads, self.dropout, self.dtype, self.attention, name="attend")(
+        q, k, v, mask_BxQxK, train=train
+    )
 
 
 class T2VLayer(nn.Module):
@@ -289,17 +336,22 @@ class T2VLayer(nn.Module):
   num_heads: int
   ffn_dim: int
   dropout: float
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, context_BxLxD, pos_BxLxD, lang_BxTxD, mask, *, train: bool):
     """``mask``: (B, L, T) or, per head, (B, heads, L, T); True where a clip may attend a token."""
-    attn = MultiHeadAttention(self.num_heads, self.dropout, name="self_attn")(
+    dt = self.dtype
+    attn = MultiHeadAttention(self.num_heads, self.dropout, dt, self.attention, name="self_attn")(
         context_BxLxD + pos_BxLxD, lang_BxTxD, lang_BxTxD, mask, train=train
     )
     x = context_BxLxD + Dropout(self.dropout, deterministic=not train)(attn)
-    y = FeedForward(self.ffn_dim, self.dropout, name="ffn")(layer_norm("norm1")(x), train=train)
+    y = FeedForward(self.ffn_dim, self.dropout, dt, name="ffn")(
+        layer_norm("norm1", dt)(x), train=train
+    )
     x = x + Dropout(self.dropout, deterministic=not train)(y)
-    return layer_norm("norm2")(x)
+    return layer_norm("norm2", dt)(x)
 
 
 class EncoderLayer(nn.Module):
@@ -308,16 +360,19 @@ class EncoderLayer(nn.Module):
   num_heads: int
   ffn_dim: int
   dropout: float
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, x_BxLxD, pos_BxLxD, mask_BxL, *, train: bool):
+    dt = self.dtype
     qk = x_BxLxD + pos_BxLxD
-    attn = MultiHeadAttention(self.num_heads, self.dropout, name="self_attn")(
+    attn = MultiHeadAttention(self.num_heads, self.dropout, dt, self.attention, name="self_attn")(
         qk, qk, x_BxLxD, key_mask(mask_BxL, x_BxLxD.shape[1]), train=train
     )
-    x = layer_norm("norm1")(x_BxLxD + Dropout(self.dropout, deterministic=not train)(attn))
-    y = FeedForward(self.ffn_dim, self.dropout, name="ffn")(x, train=train)
-    return layer_norm("norm2")(x + Dropout(self.dropout, deterministic=not train)(y))
+    x = layer_norm("norm1", dt)(x_BxLxD + Dropout(self.dropout, deterministic=not train)(attn))
+    y = FeedForward(self.ffn_dim, self.dropout, dt, name="ffn")(x, train=train)
+    return layer_norm("norm2", dt)(x + Dropout(self.dropout, deterministic=not train)(y))
 
 
 class MLP(nn.Module):
@@ -327,10 +382,12 @@ class MLP(nn.Module):
   out_dim: int
   num_layers: int
   zero_init_last: bool = False  # DAB-DETR's bbox_embed: refinement starts as the identity
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.num_layers - 1):
-      x = nn.relu(nn.Dense(self.hidden_dim, name=f"layers_{i}")(x))
+      x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"layers_{i}")(x))
     init = nn.initializers.zeros if self.zero_init_last else nn.initializers.lecun_normal()
-    return nn.Dense(self.out_dim, kernel_init=init, name=f"layers_{self.num_layers - 1}")(x)
+    last = f"layers_{self.num_layers - 1}"
+    return nn.Dense(self.out_dim, kernel_init=init, dtype=self.dtype, name=last)(x)

@@ -15,6 +15,8 @@ Every ablation switch of the config is a real code path here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,16 @@ from lmr_jax.errors import ConfigError
 from lmr_jax.model import decoder, layers
 
 SALIENCY_TOKENS = ("video", "sum")
+DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(model_config: ml_collections.ConfigDict) -> jnp.dtype:
+  """``model.dtype``: what matmuls, activations and attention values run in. Parameters, optimizer
+  state, LayerNorm statistics, softmax, the model's outputs, the losses and the matcher stay float32.
+  """
+  if model_config.dtype not in DTYPES:
+    raise ConfigError(f"config.model.dtype '{model_config.dtype}' is not one of {DTYPES}")
+  return jnp.dtype(model_config.dtype)
 
 
 def masked_mean(x_BxTxD, mask_BxT):
@@ -40,12 +52,14 @@ class VideoQueryFusion(nn.Module):
   num_heads: int
   ffn_dim: int
   dropout: float
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, context_BxLxD, pos_BxLxD, lang_BxTxD, mask, *, train: bool):
     for i in range(self.num_layers):
       context_BxLxD = layers.T2VLayer(
-          self.num_heads, self.ffn_dim, self.dropout, name=f"layers_{i}"
+          self.num_heads, self.ffn_dim, self.dropout, self.dtype, self.attention, name=f"layers_{i}"
       )(context_BxLxD, pos_BxLxD, lang_BxTxD, mask, train=train)
     return context_BxLxD
 
@@ -58,7 +72,12 @@ class LMR(nn.Module):
     d = cfg.hidden_dim
     if cfg.saliency_tokens not in SALIENCY_TOKENS:
       raise ConfigError(f"config.model.saliency_tokens must be one of {SALIENCY_TOKENS}")
-    proj = lambda: layers.InputProjection(d, cfg.input_dropout, cfg.input_norm_affine)  # noqa: E731
+    dt = self.dtype = compute_dtype(cfg)
+    # Resolved when the model is traced: the backend it is compiled for picks the attention layout.
+    attention = layers.resolve_attention(cfg.attention)
+    proj = lambda: layers.InputProjection(  # noqa: E731
+        d, cfg.input_dropout, cfg.input_norm_affine, dtype=dt
+    )
     self.video_proj = proj()
     self.query_proj = proj()
     self.caption_proj = proj()
@@ -67,7 +86,7 @@ class LMR(nn.Module):
     # similarities comparable.
     self.caption_query_proj = self.caption_proj
     vqf = lambda: VideoQueryFusion(  # noqa: E731
-        cfg.num_vqf_layers, cfg.num_heads, cfg.ffn_dim, cfg.dropout
+        cfg.num_vqf_layers, cfg.num_heads, cfg.ffn_dim, cfg.dropout, dt, attention
     )
     self.visual_vqf = vqf()
     # Weight sharing (paper's WS): the caption stream reuses the visual VQF module itself.
@@ -76,20 +95,22 @@ class LMR(nn.Module):
     self.saliency_token = self.param("saliency_token", nn.initializers.normal(1.0), (d,))
     self.saliency_pos = self.param("saliency_pos", nn.initializers.normal(1.0), (d,))
     self.encoder = [
-        layers.EncoderLayer(cfg.num_heads, cfg.ffn_dim, cfg.dropout, name=f"encoder_{i}")
+        layers.EncoderLayer(
+            cfg.num_heads, cfg.ffn_dim, cfg.dropout, dt, attention, name=f"encoder_{i}"
+        )
         for i in range(cfg.num_encoder_layers)
     ]
-    self.saliency_clip_proj = nn.Dense(d)  # w_v of Eq. 5 (QD-DETR's saliency_proj1)
-    self.saliency_query_proj = nn.Dense(d)  # w_s of Eq. 5 (saliency_proj2)
+    self.saliency_clip_proj = nn.Dense(d, dtype=dt)  # w_v of Eq. 5 (QD-DETR's saliency_proj1)
+    self.saliency_query_proj = nn.Dense(d, dtype=dt)  # w_s of Eq. 5 (saliency_proj2)
     # The learned positional parameters of the K moment queries: anchor spans, pre-sigmoid.
     self.moment_anchors = self.param(
         "moment_anchors", nn.initializers.normal(1.0), (cfg.num_queries, 2)
     )
     self.decoder = decoder.AnchorDecoder(
-        cfg.num_decoder_layers, cfg.num_heads, cfg.ffn_dim, cfg.dropout
+        cfg.num_decoder_layers, cfg.num_heads, cfg.ffn_dim, cfg.dropout, dt, attention
     )
-    self.span_head = layers.MLP(d, 2, 3)
-    self.class_head = nn.Dense(2)  # 0: moment (foreground), 1: background
+    self.span_head = layers.MLP(d, 2, 3, dtype=dt)
+    self.class_head = nn.Dense(2, dtype=dt)  # 0: moment (foreground), 1: background
 
   def encode(self, streams, video_mask_BxL, *, train: bool, group_size: int):
     """VQF + video context modeling over ``streams`` = [(context_BxLxD, lang_BxTxD, lang_mask_BxT,
@@ -99,7 +120,7 @@ class LMR(nn.Module):
     """
     cfg = self.config
     batch_size, num_clips = video_mask_BxL.shape
-    pos_BxLxD = layers.masked_sine_positions(video_mask_BxL, cfg.hidden_dim)
+    pos_BxLxD = layers.masked_sine_positions(video_mask_BxL, cfg.hidden_dim).astype(self.dtype)
     tokens = []
     for context, lang, lang_mask, vqf in streams:
       if cfg.use_vqf:
@@ -109,7 +130,7 @@ class LMR(nn.Module):
           mask = layers.key_mask(lang_mask, num_clips)
         context = vqf(context, pos_BxLxD, lang, mask, train=train)
       tokens.append(context)
-    tile = lambda v: jnp.broadcast_to(v, (batch_size, 1, cfg.hidden_dim))  # noqa: E731
+    tile = lambda v: jnp.broadcast_to(v.astype(self.dtype), (batch_size, 1, cfg.hidden_dim))  # noqa: E731
     x = jnp.concatenate([tile(self.saliency_token)] + tokens, axis=1)
     positions = jnp.concatenate([tile(self.saliency_pos)] + [pos_BxLxD] * len(tokens), axis=1)
     mask = jnp.concatenate(
@@ -123,8 +144,11 @@ class LMR(nn.Module):
     else:  # "sum": a clip's streams' tokens summed (a documented variant, not the paper's)
       clips = sum(memory[:, i * num_clips : (i + 1) * num_clips] for i in range(len(tokens)))
     saliency = jnp.einsum(
-        "bld,bd->bl", self.saliency_clip_proj(clips), self.saliency_query_proj(sal_token)
-    ) / np.sqrt(cfg.hidden_dim)
+        "bld,bd->bl",
+        self.saliency_clip_proj(clips),
+        self.saliency_query_proj(sal_token),
+        preferred_element_type=jnp.float32,
+    ) / np.float32(np.sqrt(cfg.hidden_dim))
     return memory, mask[:, 1:], positions[:, 1:], saliency
 
   def __call__(self, batch, *, train: bool, with_negatives: bool | None = None):
@@ -198,7 +222,7 @@ class LMR(nn.Module):
     hidden, starts = self.decoder(tgt, anchors, memory, memory_pos, memory_mask, train=train)
     # Each layer predicts an offset from the anchor it started from (DAB-DETR).
     outputs["pred_spans"] = jax.nn.sigmoid(
-        self.span_head(hidden) + layers.inverse_sigmoid(starts)
+        self.span_head(hidden).astype(jnp.float32) + layers.inverse_sigmoid(starts)
     )  # (layers, B, K, 2) center/width in [0, 1]
-    outputs["pred_logits"] = self.class_head(hidden)  # (layers, B, K, 2)
+    outputs["pred_logits"] = self.class_head(hidden).astype(jnp.float32)  # (layers, B, K, 2)
     return outputs
