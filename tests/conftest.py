@@ -61,6 +61,26 @@ def tiny_trained(tiny_data_root, tmp_path_factory):
   return config, workdir, train_lib.train_and_evaluate(config, workdir)
 
 
+def train_on_one_batch(config, steps: int = 8):
+  """(train state, losses, batch, train source): ``steps`` jitted train steps of ``config`` on the
+  first training batch of 4, the same dropout key each step."""
+  from lmr_jax.data import dataset, pipeline  # noqa: PLC0415 - after the JAX settings above
+  from lmr_jax.training import state as state_lib  # noqa: PLC0415
+  from lmr_jax.training import train_step as train_step_lib  # noqa: PLC0415
+
+  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
+  batch = next(pipeline.train_batches(source, 4, seed=0)).arrays
+  model = state_lib.build_model(config)
+  tx, _ = train_step_lib.make_optimizer(config.optim, 100)
+  state = state_lib.init_state(config, model, tx, batch)
+  step = train_step_lib.jit_train_step(model, tx, config.loss)
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, batch, jax.random.key(0))
+    losses.append(float(metrics["loss"]))
+  return state, losses, batch, source
+
+
 def restore_checkpoint(config, workdir: str, which: str = "latest", num_devices: int | None = None):
   """(train state, DataPosition) of ``which`` checkpoint ('latest', 'best' or a step) of ``workdir``,
   laid out for ``config`` on ``num_devices`` devices (default ``config.num_devices``)."""

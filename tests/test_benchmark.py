@@ -1,8 +1,12 @@
-"""`python -m lmr_jax.benchmark` at tiny shapes: every figure is measured, finite and positive."""
+"""`python -m lmr_jax.benchmark` at tiny shapes: every figure is measured, finite and positive, and
+the derived ones (shares of peak, roofline, schedules) follow from the measured ones."""
 
 import json
 import math
 import os
+
+import jax
+import pytest
 
 from lmr_jax import benchmark
 
@@ -11,6 +15,11 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_benchmark_reports_every_figure(tmp_path):
   config = benchmark.load_config(os.path.join(CONFIGS, "tiny.py"))
+  assert config.model.dtype == "float32"
+  # One layer per stack: every compile takes less than half as long (the step's HLO halves), so the
+  # step compiled in two dtypes costs less than the two-layer step in one. The harness is the same.
+  for stack in ("vqf", "encoder", "decoder"):
+    config.model[f"num_{stack}_layers"] = 1
   results, profile = benchmark.run_benchmark(
       config,
       steps=2,
@@ -19,14 +28,43 @@ def test_benchmark_reports_every_figure(tmp_path):
       data_batches=3,
       matmul_size=128,
       profile_dir=str(tmp_path / "trace"),
+      dtypes=("float32", "bfloat16"),
   )
   keys = [row[0] for row in benchmark.ROWS]
   assert sorted(results) == sorted(keys)
-  for key in keys:
+  # The CPU has no datasheet entry (no bandwidth) and reports no device memory statistics.
+  assert jax.devices()[0].platform == "cpu"
+  not_applicable = {"bandwidth_tbps", "device_peak_gb"}
+  assert all(results[key] is None for key in not_applicable)
+  for key in set(keys) - not_applicable:
     assert math.isfinite(results[key]) and results[key] > 0, (key, results[key])
   table = benchmark.format_table(results).splitlines()
   assert len(table) == 2 + len(keys)
   assert all(row[1] in line for row, line in zip(benchmark.ROWS, table[2:]))
+  assert "| device memory bandwidth (datasheet) | n/a |" in "\n".join(table)
+
+  approx = lambda x: pytest.approx(x, rel=1e-9)  # noqa: E731
+  assert results["intensity"] == approx(results["step_gflop"] / results["step_gbyte"])
+  assert results["resident_vs_tf_data"] == approx(
+      results["resident_batches_per_s"] / results["data_batches_per_s"]
+  )
+  # Both dtypes timed; the config's (float32) is the step of the rows above.
+  assert results["step_s_float32"] == results["step_s"]
+  # Unknown device: the peaks are the matmuls measured in this run, the roofline FLOPs / peak.
+  assert results["peak_tflops_float32"] == approx(results["matmul_gflops"] / 1e3)
+  assert results["peak_tflops_bfloat16"] == approx(results["matmul_bf16_gflops"] / 1e3)
+  assert results["mfu_float32"] == approx(results["peak_fraction"])
+  assert results["peak_fraction"] == approx(100 * results["step_gflops"] / results["matmul_gflops"])
+  assert results["roofline_s"] == approx(
+      results["step_gflop"] / results["peak_tflops_float32"] / 1e3
+  )
+  # Projections: steps x step time.
+  for key, steps in (("qvh", 200 * (7218 // 32)), ("charades", 100 * (12404 // 8))):
+    assert benchmark.SCHEDULES[key].steps == steps
+    assert results[f"{key}_h"] == approx(steps * results["step_s"] / 3600)
+    assert results[f"{key}_roofline_h"] == approx(steps * results["roofline_s"] / 3600)
+  assert results["schedule_h"] == approx(2 * (7218 // 4) * results["step_s"] / 3600)
+
   # The profile ranks the step's ops, slowest first, and names the model code each computes.
   assert 0 < len(profile) <= 25
   times = [ms for ms, _, _, _ in profile]
@@ -35,16 +73,77 @@ def test_benchmark_reports_every_figure(tmp_path):
   assert len(benchmark.format_profile(profile).splitlines()) == 2 + len(profile)
 
 
-def test_main_writes_json(tmp_path, monkeypatch):
-  monkeypatch.setattr(
-      benchmark,
-      "run_benchmark",
-      lambda config, **kwargs: ({row[0]: 0.25 for row in benchmark.ROWS}, []),
-  )
+@pytest.mark.parametrize(
+    "kind, name, bf16, hbm_tbps",
+    [
+        ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM", 989, 3.35),
+        ("NVIDIA H200", "NVIDIA H200 SXM", 989, 4.8),
+        ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 SXM 80GB", 312, 2.039),
+        ("NVIDIA L4", "NVIDIA L4", 121, 0.3),
+        ("TPU v4", "TPU v4", 275, 1.2),
+        ("TPU v5 lite", "TPU v5e", 197, 0.819),
+        ("TPU v5", "TPU v5p", 459, 2.765),
+        ("TPU v5p", "TPU v5p", 459, 2.765),
+    ],
+)
+def test_known_device_peaks(kind, name, bf16, hbm_tbps):
+  peak = benchmark.device_peak(kind)
+  assert (peak.name, peak.bf16, peak.hbm_tbps) == (name, bf16, hbm_tbps)
+  assert benchmark.datasheet_tflops(peak, "bfloat16") == bf16
+
+
+@pytest.mark.parametrize(
+    "kind", ["cpu", "NVIDIA L40S", "NVIDIA H100 PCIe", "NVIDIA H200 NVL", "TPU v6 lite", "Tesla T4"]
+)
+def test_unknown_devices_have_no_peak(kind):
+  assert benchmark.device_peak(kind) is None
+  assert benchmark.datasheet_tflops(None, "float32") is None
+
+
+def test_float32_peak_follows_the_matmul_precision():
+  h100, tpu = benchmark.device_peak("NVIDIA H100 80GB HBM3"), benchmark.device_peak("TPU v4")
+  assert benchmark.datasheet_tflops(h100, "float32") == 494.5  # TF32, JAX's default on GPUs
+  assert benchmark.datasheet_tflops(tpu, "float32") == 275  # one bf16 pass, the TPU default
+  with jax.default_matmul_precision("float32"):
+    assert benchmark.datasheet_tflops(h100, "float32") == 67
+    assert benchmark.datasheet_tflops(tpu, "float32") is None  # no datasheet figure: measured
+
+
+def test_roofline_is_the_slower_of_compute_and_memory():
+  assert benchmark.roofline_seconds(2e12, 1e9, 1000, 2.0) == pytest.approx(2e-3)  # compute
+  assert benchmark.roofline_seconds(2e12, 1e11, 1000, 2.0) == pytest.approx(5e-2)  # memory
+  assert benchmark.roofline_seconds(2e12, 1e11, 1000, None) == pytest.approx(2e-3)  # no bandwidth
+
+
+def test_main_prints_the_device_and_writes_json(tmp_path, monkeypatch, capsys):
+  calls = []
+
+  def fake_run_benchmark(config, **kwargs):
+    calls.append(kwargs)
+    figures = {row[0]: 0.25 for row in benchmark.ROWS}
+    return dict(figures, bandwidth_tbps=None, mfu_bfloat16=None), []
+
+  monkeypatch.setattr(benchmark, "run_benchmark", fake_run_benchmark)
   out = tmp_path / "bench.json"
-  benchmark.main([f"--config={os.path.join(CONFIGS, 'tiny.py')}", f"--json={out}"])
+  tiny = os.path.join(CONFIGS, "tiny.py")
+  benchmark.main([f"--config={tiny}", f"--json={out}"])
+  assert calls[-1]["dtypes"] == ("float32", "bfloat16")  # the default: both
+  header = capsys.readouterr().out.splitlines()[0]
+  device = jax.devices()[0]
+  for part in (device.device_kind, device.platform, f"{jax.device_count()} devices"):
+    assert part in header
+  assert f"{tiny}, batch 4, dtype float32" in header
   record = json.loads(out.read_text())
   assert set(record["figures"]) == {row[0] for row in benchmark.ROWS}
+  assert record["figures"]["bandwidth_tbps"] is None
+  assert (record["device"], record["platform"]) == (device.device_kind, device.platform)
+  assert (record["device_count"], record["dtype"]) == (jax.device_count(), "float32")
+  assert record["dtypes"] == ["float32", "bfloat16"]
   assert record["pass"]["step_s"] is True  # 0.25 s <= 0.5 s
-  assert record["pass"]["peak_fraction"] is False  # 0.25 % < 50 %
+  assert record["pass"]["peak_fraction"] is False  # 0.25 % < 45 %
   assert record["pass"]["compile_s"] is None  # no target
+
+  benchmark.main([f"--config={tiny}", "--dtypes=bfloat16", "--batch_size=2"])
+  assert calls[-1]["dtypes"] == ("bfloat16",) and calls[-1]["batch_size"] == 2
+  with pytest.raises(SystemExit):
+    benchmark.main([f"--config={tiny}", "--dtypes=float16"])

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import FIXTURES, TINY_SYNTHETIC, tiny_config
 from lmr_jax.data import annotations as annotations_lib
-from lmr_jax.data import dataset, features, pipeline, synthetic
+from lmr_jax.data import dataset, features, order, pipeline, synthetic
 from lmr_jax.data.annotations import DataError
 from lmr_jax.data.examples import ExampleSource, saliency_pairs
 from lmr_jax.data.position import DataPosition
@@ -408,7 +408,7 @@ def _all_batches(train, n, **kw):
 
 def test_train_order_deterministic_and_resumable(tiny_sources):
   _, train, _ = tiny_sources
-  steps = pipeline.steps_per_epoch(len(train), 4)
+  steps = order.steps_per_epoch(len(train), 4)
   run = _all_batches(train, 2 * steps + 1)
   again = _all_batches(train, 2 * steps + 1)
   for (p1, _, b1), (p2, _, b2) in zip(run, again):
@@ -437,7 +437,7 @@ def test_per_process_shards_assemble_the_single_process_batches(tiny_sources):
   """Process p reads the p-th slice of every global batch, with the same window subsets, so the
   processes' batches concatenated in process order are the batches of one process."""
   _, train, _ = tiny_sources
-  steps = pipeline.steps_per_epoch(len(train), 4)
+  steps = order.steps_per_epoch(len(train), 4)
   whole = _all_batches(train, 2 * steps)
   shards = []
   for p in range(2):

@@ -20,7 +20,7 @@ from conftest import (
     tiny_config,
     train_command,
 )
-from lmr_jax.data import dataset, pipeline
+from lmr_jax.data import dataset, order
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.commands import train as train_lib
 from lmr_jax.data.position import DataPosition
@@ -153,7 +153,7 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
     state, position = restore_checkpoint(config, workdir)
   assert int(state.step) == steps[-2]
   source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  steps_per_epoch = pipeline.steps_per_epoch(len(source), config.batch_size)
+  steps_per_epoch = order.steps_per_epoch(len(source), config.batch_size)
   assert position == DataPosition(*divmod(steps[-2], steps_per_epoch))
   assert any(
       "unreadable checkpoint" in r.getMessage() and f"{os.sep}{steps[-1]}" in r.getMessage()

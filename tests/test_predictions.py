@@ -73,6 +73,7 @@ def test_round_to_clips_matches_qd_detrs_post_processing():
   """QD-DETR: windows written with 4 decimals, then, in float32 torch, clamp to [0, 150] and
   torch.round(w / 2) * 2 (its PostProcessorDETR's clip_ts and round_multiple)."""
   import torch
+
   rng = np.random.default_rng(0)
   windows = np.sort(rng.uniform(0, 150, (2000, 2)), axis=1)
   odd = np.arange(1, 150, 2, dtype=float)  # the ties, and values within 4 decimals of them

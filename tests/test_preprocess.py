@@ -329,6 +329,7 @@ def test_unreadable_and_missing_videos_are_reported_and_the_rest_finish(ckpt, vi
 
 def test_outputs_load_with_the_jax_side_readers(ckpt, videos, annotations, tmp_path):
   import lmr_jax.data.features as features_lib
+
   out = tmp_path / "feat"
   assert run_captions(videos, ckpt["llava"], out) == 0
   models = ["--llama", str(ckpt["llama"]), "--clip", str(ckpt["clip"])]

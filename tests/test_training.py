@@ -10,11 +10,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import base
-from conftest import logged_train_losses, restore_checkpoint, tiny_config
-from lmr_jax.data import dataset, pipeline
+from conftest import logged_train_losses, restore_checkpoint, tiny_config, train_on_one_batch
+from lmr_jax.data import pipeline
 from lmr_jax.commands import train as train_lib
 from lmr_jax.data.position import DataPosition
-from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import trainer
 
@@ -23,16 +22,7 @@ def test_train_steps_decrease_loss_on_a_fixed_batch(tiny_data_root):
   config = tiny_config(tiny_data_root)
   config.model.dropout = config.model.input_dropout = 0.0
   config.optim.learning_rate = 1e-3
-  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  batch = next(pipeline.train_batches(source, 4, seed=0)).arrays
-  model = state_lib.build_model(config)
-  tx, _ = train_step_lib.make_optimizer(config.optim, 100)
-  state = state_lib.init_state(config, model, tx, batch)
-  step = train_step_lib.jit_train_step(model, tx, config.loss)
-  losses = []
-  for _ in range(8):
-    state, metrics = step(state, batch, jax.random.key(0))
-    losses.append(float(metrics["loss"]))
+  state, losses, _, _ = train_on_one_batch(config, steps=8)
   assert int(state.step) == 8
   assert losses[-1] < 0.8 * losses[0], losses
 

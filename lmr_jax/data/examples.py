@@ -192,12 +192,27 @@ class ExampleSource:
     return len(self.annotations)
 
   def example(self, index: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """Padded arrays of query ``index``; ``rng`` picks a random window subset and the saliency
-    pairs in training."""
+    """Padded arrays of query ``index``: its model inputs and its ``labels``."""
     ann, spec = self.annotations[index], self.spec
     video = self.store.video(ann.vid)
-    num_clips = video.visual.shape[0]
-    max_clips, max_tokens = spec.max_clips, spec.max_query_tokens
+    out = model_inputs(
+        video.visual,
+        self.store.query_tokens(ann.qid, False),
+        video.caption if self.with_captions else None,
+        self.store.query_tokens(ann.qid, True) if self.with_captions else None,
+        spec.max_clips,
+        spec.max_query_tokens,
+    )
+    out.update(self.labels(index, rng))
+    return out
+
+  def labels(self, index: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Everything of query ``index`` but its features: the targets and bookkeeping arrays, with a
+    random window subset and the saliency pairs drawn from ``rng`` in training. The device-resident
+    feed (``resident.py``) sends only these per step, so they are built in this one place."""
+    ann, spec = self.annotations[index], self.spec
+    counts = self.store.clip_counts(ann.vid)  # known without decoding the video once it was read
+    num_clips = counts[0] if counts is not None else self.store.video(ann.vid).visual.shape[0]
     windows, duration = clip_windows(ann, num_clips, spec.clip_len)
     if self.training and not len(windows):
       raise DataError(f"{ann.source}: qid {ann.qid}: no window inside the first {num_clips} clips")
@@ -216,25 +231,16 @@ class ExampleSource:
         spec.clip_len,
         rng if rng is not None else np.random.default_rng(ann.qid % 2**63),
     )
-    out = model_inputs(
-        video.visual,
-        self.store.query_tokens(ann.qid, False),
-        video.caption if self.with_captions else None,
-        self.store.query_tokens(ann.qid, True) if self.with_captions else None,
-        max_clips,
-        max_tokens,
-    )
-    out.update(
+    return dict(
         windows=_pad(windows / duration, self.max_windows).astype(np.float32),
         window_mask=_mask(len(windows), self.max_windows),
-        saliency=_pad(self._saliency(ann, windows, num_clips), max_clips),
+        saliency=_pad(self._saliency(ann, windows, num_clips), spec.max_clips),
         saliency_pos=pos,
         saliency_neg=neg,
         duration=np.float32(duration),
         qid=np.int32(ann.qid),
         example_mask=np.bool_(True),
     )
-    return out
 
   def _saliency(self, ann: QueryAnnotation, windows_sec: np.ndarray, num_clips: int) -> np.ndarray:
     """Per-clip saliency label: QVH's annotator scores summed (0..12); without scores

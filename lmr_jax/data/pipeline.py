@@ -18,9 +18,9 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from lmr_jax.data import order
 from lmr_jax.data.examples import ExampleSource
 from lmr_jax.data.position import DataPosition
-from lmr_jax.errors import ConfigError
 
 
 @functools.cache
@@ -37,24 +37,6 @@ class TrainBatch(NamedTuple):
   position: DataPosition  # of this batch
   next_position: DataPosition  # where the stream stands after it: what a checkpoint saves
   arrays: dict[str, np.ndarray]
-
-
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """Full global batches per epoch (the remainder is left out of that epoch's permutation)."""
-  steps = num_examples // global_batch_size
-  if steps == 0:
-    raise ConfigError(
-        f"config.batch_size {global_batch_size} is larger than the {num_examples} training queries"
-    )
-  return steps
-
-
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size % process_count:
-    raise ConfigError(
-        f"config.batch_size {global_batch_size} is not divisible by the {process_count} processes"
-    )
-  return global_batch_size // process_count
 
 
 def _dataset_from_indices(
@@ -86,41 +68,6 @@ def _dataset_from_indices(
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _process_rows(
-    num_batches: int, global_batch_size: int, process_index: int, process_count: int
-) -> np.ndarray:
-  """Positions in the epoch order that this process reads: its contiguous slice of every global
-  batch, so the processes' rows, concatenated in process order (as the mesh lays them out), are the
-  single-process batch."""
-  local_batch = _local_batch_size(global_batch_size, process_count)
-  rows = np.arange(num_batches * global_batch_size).reshape(num_batches, process_count, local_batch)
-  return rows[:, process_index].reshape(-1)
-
-
-def epoch_examples(
-    num_examples: int,
-    global_batch_size: int,
-    seed: int,
-    epoch: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-  """(example indices, per-visit seeds) this process reads in ``epoch``, in order, whole batches.
-
-  Both are drawn for the whole epoch and then sliced, so an example gets the same seed (the same
-  random window subset and saliency pairs) whatever the number of processes.
-  """
-  steps = steps_per_epoch(num_examples, global_batch_size)
-  order = np.random.default_rng([seed, epoch]).permutation(num_examples)[
-      : steps * global_batch_size
-  ]
-  # One seed per visit of an example: its random window subset and saliency pairs are reproducible
-  # on resume.
-  seeds = np.random.default_rng([seed, epoch, 1]).integers(0, 2**62, size=len(order))
-  rows = _process_rows(steps, global_batch_size, process_index, process_count)
-  return order[rows], seeds[rows]
-
-
 def train_batches(
     source: ExampleSource,
     global_batch_size: int,
@@ -130,11 +77,11 @@ def train_batches(
     process_count: int = 1,
 ) -> Iterator[TrainBatch]:
   """Endless training batches from ``start``, each with its position and the one after it."""
-  local_batch = _local_batch_size(global_batch_size, process_count)
-  steps = steps_per_epoch(len(source), global_batch_size)
+  local_batch = order.local_batch_size(global_batch_size, process_count)
+  steps = order.steps_per_epoch(len(source), global_batch_size)
   epoch, step = start.epoch, start.step
   while True:
-    indices, seeds = epoch_examples(
+    indices, seeds = order.epoch_examples(
         len(source), global_batch_size, seed, epoch, process_index, process_count
     )
     first = step * local_batch
@@ -149,7 +96,7 @@ def train_batches(
 
 def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int = 1) -> int:
   """How many batches ``eval_batches`` yields on every process."""
-  local_batch = _local_batch_size(global_batch_size, process_count)
+  local_batch = order.local_batch_size(global_batch_size, process_count)
   per_process = -(-num_examples // process_count)
   return -(-per_process // local_batch)
 
@@ -161,7 +108,7 @@ def eval_batches(
 
   All processes yield the same number of batches (a multi-host eval step needs that).
   """
-  local_batch = _local_batch_size(global_batch_size, process_count)
+  local_batch = order.local_batch_size(global_batch_size, process_count)
   indices = np.arange(len(source))[process_index::process_count]
   num_batches = num_eval_batches(len(source), global_batch_size, process_count)
   num_real = len(indices)

@@ -111,6 +111,25 @@ def global_batch(
   }
 
 
+def put_replicated(mesh: jax.sharding.Mesh, tree):
+  """Host arrays (the same on every process) -> global arrays with a copy on every device."""
+  sharding = replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), tree
+  )
+
+
+def put_batch_rows(mesh: jax.sharding.Mesh, tree, axis: int):
+  """Host arrays holding the whole global batch on ``axis`` (the same on every process) -> global
+  arrays with that axis split over the mesh, as ``batch_sharding`` splits a batch."""
+
+  def put(x):
+    spec = PartitionSpec(*([None] * axis + [DATA_AXIS]))
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
 def to_host(tree):
   """Every process gets the whole of each (global) array as numpy, rows in process order."""
   if jax.process_count() == 1:

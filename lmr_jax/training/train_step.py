@@ -12,6 +12,7 @@ import ml_collections
 import optax
 from flax import struct
 
+from lmr_jax.data import resident
 from lmr_jax.errors import ConfigError
 from lmr_jax.losses import losses
 from lmr_jax.training import parallel
@@ -102,10 +103,72 @@ def jit_train_step(model, tx, loss_cfg, mesh=None, state_shardings=None):
   )
 
 
+def resident_steps(
+    state: TrainState,
+    tables: dict,
+    plan: dict,
+    first_step: jnp.ndarray,
+    rng: jax.Array,
+    *,
+    num_steps: int,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss_cfg: ml_collections.ConfigDict,
+    max_lengths: tuple[int, int],
+    rows=None,
+):
+  """``num_steps`` train steps under ``lax.scan`` on batches gathered on the device: step i takes row
+  ``first_step + i`` of the epoch ``plan`` (``resident.epoch_plan``) and its features from ``tables``.
+  Returns the state and each step's metrics, stacked (num_steps,). ``max_lengths``: the batch's
+  (max_clips, max_query_tokens); ``rows``: its sharding.
+  """
+
+  def one_step(state, i):
+    plan_row = jax.tree.map(lambda x: x[first_step + i], plan)
+    batch = resident.gather_batch(tables, plan_row, *max_lengths)
+    if rows is not None:
+      batch = jax.lax.with_sharding_constraint(batch, rows)
+    return train_step(state, batch, rng, model=model, tx=tx, loss_cfg=loss_cfg)
+
+  return jax.lax.scan(one_step, state, jnp.arange(num_steps))
+
+
+def jit_resident_steps(
+    model, tx, loss_cfg, num_steps: int, max_lengths, mesh=None, state_shardings=None
+):
+  """``resident_steps`` jitted for ``num_steps``; the state is donated; with a ``mesh`` the tables
+  are replicated, the plan's batch axis split over it and the state laid out as ``state_shardings``.
+  """
+  rows = parallel.batch_sharding(mesh) if mesh is not None else None
+  steps = functools.partial(
+      resident_steps,
+      num_steps=num_steps,
+      model=model,
+      tx=tx,
+      loss_cfg=loss_cfg,
+      max_lengths=tuple(max_lengths),
+      rows=rows,
+  )
+  if mesh is None:
+    return jax.jit(steps, donate_argnums=(0,))
+  replicated = parallel.replicated(mesh)
+  plan_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
+  return jax.jit(
+      steps,
+      in_shardings=(state_shardings, replicated, plan_rows, replicated, replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+  )
+
+
 def jit_eval_step(model, mesh=None, param_shardings=None):
   """``eval_step``, jitted; with a ``mesh``, batch rows in and out are split over it."""
   step = functools.partial(eval_step, model=model)
   if mesh is None:
     return jax.jit(step)
   rows = parallel.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(param_shardings, rows), out_shardings=rows)
+  return jax.jit(
+      step,
+      in_shardings=(param_shardings, rows),
+      out_shardings=rows,
+  )

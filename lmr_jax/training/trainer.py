@@ -1,4 +1,4 @@
-"""The training loop: jitted steps over the tf.data stream, with logs, evaluations and checkpoints.
+"""The training loop: jitted steps over a feed (tf.data or device-resident tables), with logs, evaluations and checkpoints.
 
 ``train`` resumes from the latest checkpoint in ``workdir`` by itself: the train state and the data
 position come back together, so the resumed run sees the same batches and dropout keys it would have
@@ -21,11 +21,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from lmr_jax.data import pipeline
+from lmr_jax.data import order
 from lmr_jax.data.examples import ExampleSource
 from lmr_jax.data.position import DataPosition
 from lmr_jax.errors import LmrError
 from lmr_jax.training import checkpoint as checkpoint_lib
+from lmr_jax.training import feeds
 from lmr_jax.training import metric_log
 from lmr_jax.training import parallel
 from lmr_jax.training import state as state_lib
@@ -62,6 +63,15 @@ class _Schedule:
   def log_due(self, step: int) -> bool:
     return step % self.config.log_every_steps == 0
 
+  def steps_to_next_event(self, step: int) -> int:
+    """Steps from ``step`` to the next log, save or the end (a dispatch of several steps stops
+    there; epoch ends, where evaluations happen, are the feed's to respect)."""
+    return min(
+        self.total_steps - step,
+        self.config.log_every_steps - step % self.config.log_every_steps,
+        self.config.checkpoint_every_steps - step % self.config.checkpoint_every_steps,
+    )
+
 
 def train(
     config: ml_collections.ConfigDict, workdir: str, source: ExampleSource, evaluate: Evaluate
@@ -72,49 +82,48 @@ def train(
   On SIGTERM/SIGINT it saves a checkpoint after the current step and returns early; the same call
   (or command) then resumes exactly there.
   """
+  feeds.check_resident_config(config)
+  schedule = _Schedule(config, order.steps_per_epoch(len(source), config.batch_size))
+  mesh = _mesh(config)
+  # Built (and checked against the devices' memory) before anything is written to the workdir.
+  tables = feeds.load_tables(config, source, mesh) if config.data.device_resident else None
   os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.save_config(config, workdir)
-  schedule = _Schedule(config, pipeline.steps_per_epoch(len(source), config.batch_size))
-  mesh = _mesh(config)
   model = state_lib.build_model(config)
   tx, lr_schedule = train_step_lib.make_optimizer(config.optim, schedule.total_steps)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   state, position, shardings = _initial_state(config, model, tx, mesh, source, checkpointer)
-  train_step = train_step_lib.jit_train_step(model, tx, config.loss, mesh, shardings)
+  feed = _feed(config, source, tables, position, mesh, model, tx, shardings)
   eval_step = train_step_lib.jit_eval_step(model, mesh, shardings.params)
   # Made under jit: device_put cannot place a value on other hosts' devices.
   rng = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=parallel.replicated(mesh))()
-  rows = parallel.batch_sharding(mesh)
   step = start_step = int(state.step)
   _log_start(config, schedule, step, mesh, len(source))
-  batches = pipeline.train_batches(
-      source, config.batch_size, config.seed, position, jax.process_index(), jax.process_count()
-  )
   log = metric_log.MetricLog(workdir, config)
   bar = _EpochBars(schedule.steps_per_epoch, position)
   history, metrics, start_time = [], {}, time.time()
   with _StopOnSignal() as stop:
     try:
       while step < schedule.total_steps:
-        batch = next(batches)
-        state, step_metrics = train_step(state, parallel.global_batch(rows, batch.arrays), rng)
-        step += 1
+        dispatch = feed.next(schedule.steps_to_next_event(step))
+        state, step_metrics = dispatch.run(state, rng)
+        step += dispatch.num_steps
         history.append((step, step_metrics))
-        bar.step(batch.next_position)
-        eval_now = schedule.eval_due(step, batch.next_position)
+        bar.step(dispatch.next_position, dispatch.num_steps)
+        eval_now = schedule.eval_due(step, dispatch.next_position)
         stop_now = stop.requested()
         save_now = schedule.save_due(step) or eval_now or stop_now
         if schedule.log_due(step) or save_now:
           train_loss = _log_train(
-              log, history, step, batch.position.epoch, lr_schedule, start_step, start_time
+              log, history, step, dispatch.position.epoch, lr_schedule, start_step, start_time
           )
           history = []
           bar.show_loss(train_loss)
         if eval_now:
           metrics = evaluate(eval_step, state.params, mesh)
-          _log_eval(log, config.eval_split, step, batch.next_position.epoch, metrics["brief"])
+          _log_eval(log, config.eval_split, step, dispatch.next_position.epoch, metrics["brief"])
         if save_now:
-          checkpointer.save(state, batch.next_position, metrics["brief"] if eval_now else None)
+          checkpointer.save(state, dispatch.next_position, metrics["brief"] if eval_now else None)
         if stop_now:
           _log_stop(stop, step, checkpointer)
           break
@@ -134,6 +143,14 @@ def _mesh(config):
   parallel.check_batch_size(mesh, "batch_size", config.batch_size)
   parallel.check_batch_size(mesh, "eval_batch_size", config.eval_batch_size)
   return mesh
+
+
+def _feed(config, source, tables, position, mesh, model, tx, shardings):
+  """The resident tables' feed when ``tables`` were loaded, else the tf.data stream's."""
+  if tables is not None:
+    return feeds.ResidentFeed(config, source, tables, position, mesh, model, tx, shardings)
+  train_step = train_step_lib.jit_train_step(model, tx, config.loss, mesh, shardings)
+  return feeds.StreamFeed(config, source, position, mesh, train_step)
 
 
 def _initial_state(config, model, tx, mesh, source: ExampleSource, checkpointer):
@@ -160,15 +177,18 @@ def _log_start(config, schedule: _Schedule, step: int, mesh, num_queries: int) -
 
 
 def _check_finite(history: list[tuple[int, dict]]) -> dict:
-  """Fetches the accumulated step metrics; raises on the first non-finite loss."""
-  fetched = jax.device_get(history)
-  for step, metrics in fetched:
-    if not np.isfinite(metrics["loss"]):
+  """Fetches the accumulated metrics (entries of (last step, metrics of one step or stacked over a
+  dispatch's steps)); raises on the first non-finite loss; returns the means over the steps."""
+  fetched = [(step, jax.tree.map(np.atleast_1d, m)) for step, m in jax.device_get(history)]
+  for last_step, metrics in fetched:
+    losses = metrics["loss"]
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
       raise NonFiniteLossError(
-          f"loss became {metrics['loss']} at step {step}; training stopped, the last checkpoint "
-          "before it is kept"
+          f"loss became {losses[bad[0]]} at step {last_step - len(losses) + 1 + bad[0]}; training "
+          "stopped, the last checkpoint before it is kept"
       )
-  return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+  return {k: float(np.mean(np.concatenate([m[k] for _, m in fetched]))) for k in fetched[-1][1]}
 
 
 def _log_train(log, history, step, epoch, lr_schedule, start_step, start_time) -> float:
@@ -208,8 +228,8 @@ class _EpochBars:
         steps_per_epoch, position.step, f"epoch {position.epoch + 1}"
     )
 
-  def step(self, next_position: DataPosition) -> None:
-    self._bar.update()
+  def step(self, next_position: DataPosition, num_steps: int = 1) -> None:
+    self._bar.update(num_steps)
     if next_position.step == 0:
       self._bar.close()
       self._bar = metric_log.progress_bar(self._steps, 0, f"epoch {next_position.epoch + 1}")
