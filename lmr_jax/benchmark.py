@@ -31,7 +31,6 @@ import collections
 import copy
 import glob
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -52,7 +51,7 @@ from lmr_jax.data import features as features_lib
 from lmr_jax.data import pipeline
 from lmr_jax.data import resident
 from lmr_jax.data import synthetic
-from lmr_jax.errors import ConfigError
+from lmr_jax.fileio import load_config
 from lmr_jax.losses import losses
 from lmr_jax.model import lmr as lmr_lib
 from lmr_jax.training import state as state_lib
@@ -186,20 +185,6 @@ ROWS = (
     ),
     ("device_peak_gb", "device memory peak in use (memory_stats, at the RSS)", "GB", None, None),
 )
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """``path/to/config.py[:arg]`` -> ``get_config(arg)``, as ml_collections' config_flags reads it."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except ModuleNotFoundError as e:  # the configs import their siblings as ``configs.base``
-    raise ConfigError(
-        f"{path}: cannot import {e.name!r}; run the benchmark from the repository root"
-    ) from None
-  return module.get_config(arg)
 
 
 def random_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

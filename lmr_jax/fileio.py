@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib.util
 import json
 import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 
-from lmr_jax.errors import LmrError
+from lmr_jax.errors import ConfigError, LmrError
 
 
 def is_number(x) -> bool:
@@ -112,3 +113,15 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
   """One line added to a log; a line is written whole with one write call."""
   with open(path, "a", encoding="utf-8") as f:
     f.write(json.dumps(record) + "\n")
+
+
+def load_config(spec: str):
+  """``path/to/config.py[:arg]`` -> ``get_config(arg)``, as ml_collections' config_flags reads it."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("lmr_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except ModuleNotFoundError as e:  # the configs import their siblings as ``configs.base``
+    raise ConfigError(f"{path}: cannot import {e.name!r}; run from the repository root") from None
+  return module.get_config(arg)

@@ -17,13 +17,13 @@ Tables (V videos with C clips in all, N queries with Q tokens in all; no padding
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 
 import jax.numpy as jnp
 import numpy as np
 
+from lmr_jax import fileio
 from lmr_jax.data import annotations as annotations_lib
 from lmr_jax.data import features as features_lib
 from lmr_jax.data import order
@@ -46,29 +46,33 @@ def build_tables(source: ExampleSource, dtype: str = "float32") -> dict[str, np.
   video_row = {vid: row for row, vid in enumerate(vids)}
   tables = {"example_video": np.array([video_row[a.vid] for a in source.annotations], np.int32)}
 
-  def concatenated(name, items, dim):
-    """``name``_feats (sum of lengths, dim), ``name``_start and the lengths under ``counts``."""
+  def concatenated(items, dim):
+    """(the items back to back (sum of lengths, dim), each one's first row, each one's length)."""
     counts = np.array([len(x) for x in items], np.int32)
     table = np.zeros((max(int(counts.sum()), 1), dim), jnp.dtype(dtype))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
     for start, x in zip(starts, items):
       table[start : start + len(x)] = x
-    tables[f"{name}_feats"], tables[f"{name}_start"] = table, starts
-    return counts
+    return table, starts, counts
 
   videos = [store.video(vid) for vid in vids]
-  tables["video_clips"] = concatenated("video", [v.visual for v in videos], spec.video_dim)
+  tables["video_feats"], tables["video_start"], tables["video_clips"] = concatenated(
+      [v.visual for v in videos], spec.video_dim
+  )
   tokens = [store.query_tokens(ann.qid, False) for ann in source.annotations]
-  tables["query_tokens"] = concatenated("query", tokens, spec.query_dim)
+  tables["query_feats"], tables["query_start"], tables["query_tokens"] = concatenated(
+      tokens, spec.query_dim
+  )
   if source.with_captions:
     # A video's captions are cut to its kept clips: the same rows as its visual features.
-    concatenated("caption", [v.caption for v in videos], spec.caption_dim)
-    del tables["caption_start"]
+    tables["caption_feats"], _, _ = concatenated([v.caption for v in videos], spec.caption_dim)
     if not spec.same_query_files:
-      tables["caption_query_tokens"] = concatenated(
-          "caption_query",
-          [store.query_tokens(ann.qid, True) for ann in source.annotations],
-          spec.caption_dim,
+      (
+          tables["caption_query_feats"],
+          tables["caption_query_start"],
+          tables["caption_query_tokens"],
+      ) = concatenated(
+          [store.query_tokens(ann.qid, True) for ann in source.annotations], spec.caption_dim
       )
   return tables
 
@@ -160,9 +164,9 @@ def check_fits(needed_per_device: int, devices) -> None:
       "; use config.data.resident_dtype=bfloat16 (half the bytes), fewer devices, or the tf.data "
       "path (config.data.device_resident=False)"
   )
-  host_devices = [d for d in devices if free_bytes(d) is None]
-  for device in devices:
-    memory = free_bytes(device)
+  memory_of = {device: free_bytes(device) for device in devices}
+  host_devices = [d for d, memory in memory_of.items() if memory is None]
+  for device, memory in memory_of.items():
     if memory is not None and needed_per_device > MAX_SHARE_OF_FREE_MEMORY * memory[0]:
       raise DataError(
           f"config.data.device_resident: the train split's features need {gib(needed_per_device)} "
@@ -206,11 +210,7 @@ def main(argv=None) -> int:
   parser.add_argument("--split", default="train")
   parser.add_argument("--annotations", default="", help="this file instead of the config's split")
   args = parser.parse_args(argv)
-  path, _, arg = args.config.partition(":")
-  module_spec = importlib.util.spec_from_file_location("resident_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = fileio.load_config(args.config)
   try:
     anns = (
         annotations_lib.load_annotations(args.annotations)
