@@ -17,18 +17,18 @@ the model's max_clips are predicted in sliding windows (docs/predict.md). Errors
 exit status 1.
 """
 
+import json
 import os
+import sys
+import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from lmr_jax import cli
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
+cli.quiet_native_logs()  # before TensorFlow and JAX are imported
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from lmr_jax import fileio  # noqa: E402
-from lmr_jax.errors import LmrError  # noqa: E402
 from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
 from lmr_jax.training import checkpoint  # noqa: E402
 
@@ -115,6 +115,11 @@ def _check_inputs(texts: list[str]) -> None:
     raise predictor_lib.PredictError("--qid and --duration go with --features")
   if not texts and not _QID.value:
     raise predictor_lib.PredictError("no query: pass --query, --queries_file or --qid")
+  if _DURATION.value is not None and not _DURATION.value > 0:
+    raise predictor_lib.PredictError(f"--duration must be > 0 seconds, got {_DURATION.value}")
+  if _OUTPUT.value:
+    inputs = [video, _QUERIES_FILE.value, os.path.join(_WORKDIR.value, checkpoint.CONFIG_FILE)]
+    fileio.check_output_file(_OUTPUT.value, inputs, "--output")
 
 
 def _encoders(config):
@@ -146,6 +151,7 @@ def records_from_flags() -> list[dict]:
   texts = _query_texts()
   _check_inputs(texts)
   config = predictor_lib.load_workdir_config(_WORKDIR.value)
+  predictor_lib.check_options(config, _TOP_K.value, _WINDOW_STRIDE.value, _NMS_IOU.value)
   video = _VIDEO.value
   if video:
     predictor_lib.check_raw_video_config(config)
@@ -171,23 +177,16 @@ def records_from_flags() -> list[dict]:
   return records
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main():
   checkpoint.quiet_orbax_logs()
-  try:
-    records = records_from_flags()
-  except LmrError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  records = records_from_flags()
   lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
   if _OUTPUT.value:
     fileio.atomic_write_text(_OUTPUT.value, lines)
     logging.info("wrote %d predictions to %s", len(records), _OUTPUT.value)
   else:
     sys.stdout.write(lines)
-  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  raise SystemExit(cli.run_absl(main, __doc__))

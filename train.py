@@ -6,42 +6,39 @@ r"""Trains LMR: a thin absl entry point around ``lmr_jax.commands.train.train_an
 Rerunning the same command in the same workdir resumes from its latest checkpoint; SIGTERM or Ctrl-C
 saves a checkpoint after the current step and exits. On a cluster, run the same command on every host
 with --config.distributed=True (README, "Scale-out"). Errors in the data, config or checkpoints are one
-line on stderr, exit status 1.
+line on stderr (exit status 1; usage errors 2);
+--verbose adds the traceback and prints the config; --start_over trains a workdir anew, keeping the
+old run in previous_run_N/.
 """
 
-import os
+from lmr_jax import cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+cli.quiet_native_logs()  # before TensorFlow and JAX are imported
 
-import sys  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from lmr_jax.commands import train  # noqa: E402
-from lmr_jax.errors import LmrError  # noqa: E402
 from lmr_jax.training import checkpoint, parallel  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here; resumes from it.")
+_START_OVER = flags.DEFINE_bool(
+    "start_over",
+    False,
+    "Train from step 0 even though the workdir holds a run (it moves into previous_run_N/).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main():
   parallel.initialize_distributed(_CONFIG.value)
   checkpoint.quiet_orbax_logs()
-  logging.info("Config:\n%s", _CONFIG.value)
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except LmrError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  cli.show_config(_CONFIG.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _START_OVER.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  raise SystemExit(cli.run_absl(main, __doc__))

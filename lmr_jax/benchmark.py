@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lmr_jax import cli
 from lmr_jax.data import dataset
 from lmr_jax.data import features as features_lib
 from lmr_jax.data import pipeline
@@ -697,4 +698,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.exit_code(main, sys.argv))

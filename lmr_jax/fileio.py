@@ -125,3 +125,49 @@ def load_config(spec: str):
   except ModuleNotFoundError as e:  # the configs import their siblings as ``configs.base``
     raise ConfigError(f"{path}: cannot import {e.name!r}; run from the repository root") from None
   return module.get_config(arg)
+
+
+def _same_file(a: str, b: str) -> bool:
+  try:
+    return os.path.samefile(a, b)
+  except OSError:  # one of them does not exist (yet)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_writable_folder(path: str, what: str) -> None:
+  """``path`` is a folder that can be written, or can be created: its nearest existing ancestor is
+  a folder in which a file can really be made (a permission test alone passes for root)."""
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise LmrError(f"{path}: {probe} is a file, not a folder ({what})")
+  try:
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError as e:
+    raise LmrError(f"{path}: cannot write in {probe} ({e.strerror}) ({what})") from None
+
+
+def check_output_file(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
+  """Before any work: ``path`` can be written (it is not a folder; its folder exists or can be made,
+  as ``atomic_file`` makes it) and is none of ``inputs``, so an output never overwrites what the
+  command reads."""
+  if os.path.isdir(path):
+    raise LmrError(f"{path}: is a directory, not a file ({what})")
+  check_writable_folder(os.path.dirname(os.path.abspath(path)), what)
+  for source in inputs:
+    if source and _same_file(path, source):
+      raise LmrError(f"{path}: is also an input ({source}); choose another {what} path")
+
+
+def check_output_dir(
+    path: str, inputs: Sequence[str] = (), names: Sequence[str] = (), what: str = "output folder"
+) -> None:
+  """Before any work: ``path`` is a writable folder or can be made one, and none of the ``names``
+  the command writes there is an input."""
+  check_writable_folder(path, what)
+  for name in names:
+    for source in inputs:
+      if source and _same_file(os.path.join(path, name), source):
+        raise LmrError(f"{path}: writing {name} there would replace the input {source}")

@@ -7,8 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import pickle  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -21,8 +24,19 @@ from lmr_jax.data import synthetic  # noqa: E402
 # in every test, and tests/test_parallel.py compares it with one device.
 jax.config.update("jax_num_cpu_devices", 4)
 # Every train_and_evaluate call jits its step anew; the persistent cache turns the repeats into loads.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="lmr_test_jax_cache_"))
+# One cache per test run: pytest-xdist's workers (same PYTEST_XDIST_TESTRUNUID) share it, so a step
+# one worker compiled is a load for the other, and the environment passes it to every subprocess a
+# test starts (train.py, eval.py, ...), not only to those started with child_environment().
+_XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _XDIST_RUN:
+  _CACHE_DIR = os.path.join(tempfile.gettempdir(), f"lmr_test_jax_cache_{_XDIST_RUN}")
+  os.makedirs(_CACHE_DIR, exist_ok=True)
+else:
+  _CACHE_DIR = tempfile.mkdtemp(prefix="lmr_test_jax_cache_")
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -42,34 +56,66 @@ TINY_SYNTHETIC = synthetic.SyntheticConfig(
 )
 
 
+def _made_once(tmp_path_factory, name: str, make) -> str:
+  """A directory that ``make(path)`` filled, made once per test run: with pytest-xdist the first
+  worker to ask makes it in the run's shared temporary directory (under a lock) and the others wait
+  for it; without xdist it is the session's ``mktemp(name)``."""
+  if not _XDIST_RUN:
+    path = str(tmp_path_factory.mktemp(name))
+    make(path)
+    return path
+  path = os.path.join(str(tmp_path_factory.getbasetemp().parent), name)
+  with open(path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(path + ".done"):
+      shutil.rmtree(path, ignore_errors=True)
+      os.makedirs(path)
+      make(path)
+      open(path + ".done", "w").close()
+  return path
+
+
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("tiny_synthetic"))
-  synthetic.generate(TINY_SYNTHETIC, root)
-  return root
+  return _made_once(
+      tmp_path_factory, "tiny_synthetic", lambda root: synthetic.generate(TINY_SYNTHETIC, root)
+  )
 
 
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_data_root, tmp_path_factory):
   """(config, workdir, final metrics) of one training run of configs/tiny.py on the session's 4
   devices (2 epochs, a checkpoint every 3 steps and per epoch), shared by the tests that read a trained
-  workdir without changing it."""
+  workdir. Trained once per test run; each xdist worker gets its own copy of the workdir, so what one
+  test writes there (evaluations) no other worker sees."""
   from lmr_jax.commands import train as train_lib  # noqa: PLC0415 - after the JAX settings above
 
   config = tiny_config(tiny_data_root)
-  workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
-  return config, workdir, train_lib.train_and_evaluate(config, workdir)
+
+  def train(path):
+    metrics = train_lib.train_and_evaluate(config, os.path.join(path, "workdir"))
+    with open(os.path.join(path, "metrics.pickle"), "wb") as f:
+      pickle.dump(metrics, f)
+
+  trained = _made_once(tmp_path_factory, "tiny_trained", train)
+  with open(os.path.join(trained, "metrics.pickle"), "rb") as f:
+    metrics = pickle.load(f)
+  workdir = os.path.join(trained, "workdir")
+  if _XDIST_RUN:
+    workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
+    shutil.copytree(os.path.join(trained, "workdir"), workdir, dirs_exist_ok=True)
+  return config, workdir, metrics
 
 
-def train_on_one_batch(config, steps: int = 8):
+def train_on_one_batch(config, steps: int = 8, edit_batch=lambda batch: batch):
   """(train state, losses, batch, train source): ``steps`` jitted train steps of ``config`` on the
-  first training batch of 4, the same dropout key each step."""
+  first training batch of 4 (as ``edit_batch`` returns it), the same dropout key each step."""
   from lmr_jax.data import dataset, pipeline  # noqa: PLC0415 - after the JAX settings above
   from lmr_jax.training import state as state_lib  # noqa: PLC0415
   from lmr_jax.training import train_step as train_step_lib  # noqa: PLC0415
 
   source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  batch = next(pipeline.train_batches(source, 4, seed=0)).arrays
+  batch = edit_batch(dict(next(pipeline.train_batches(source, 4, seed=0)).arrays))
   model = state_lib.build_model(config)
   tx, _ = train_step_lib.make_optimizer(config.optim, 100)
   state = state_lib.init_state(config, model, tx, batch)
@@ -172,3 +218,27 @@ def entry_point(script: str):
     for name in set(flags.FLAGS) - before:
       delattr(flags.FLAGS, name)
     flags.FLAGS.unparse_flags()
+
+
+# With pytest-xdist (`-n 2 --dist loadfile`) each module runs whole on one worker, in this order: the
+# longest modules first, so that the two workers finish together instead of one starting a
+# several-minute module at the end. Without xdist the order is pytest's own.
+SLOW_MODULES_FIRST = (
+    "test_parallel.py",
+    "test_predict.py",
+    "test_model.py",
+    "test_faults.py",
+    "test_resident.py",
+    "test_bad_input.py",
+    "test_training.py",
+    "test_precision.py",
+    "test_port.py",
+    "test_benchmark.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -190,8 +190,8 @@ def test_examples_map_two_second_captions_onto_half_second_clips(tmp_path):
 
 
 def test_lazy_source_reads_features_on_first_use(tmp_path):
-  """preload=False reads nothing at construction (a missing file fails at its example, not before)
-  and gives the preloaded source's examples."""
+  """preload=False keeps no array at construction but checks every file's header there (clip counts
+  known, a missing file fails before training), and gives the preloaded source's examples."""
   root = str(tmp_path)
   rng = np.random.default_rng(4)
   anns = []
@@ -209,17 +209,15 @@ def test_lazy_source_reads_features_on_first_use(tmp_path):
   kwargs = dict(with_captions=True, max_windows=2, training=False)
   eager = _source(anns, _spec(root), **kwargs)
   lazy = _source(anns, _spec(root), preload=False, **kwargs)
-  assert lazy.store.clip_counts("v") is None  # nothing read yet
+  assert lazy.store.clip_counts("v") == (6, 6)  # from the npz headers, no array kept
   for i in range(2):
     eager_example, lazy_example = eager.example(i), lazy.example(i)
     assert sorted(eager_example) == sorted(lazy_example)
     for key in eager_example:
       np.testing.assert_array_equal(lazy_example[key], eager_example[key])
   os.remove(os.path.join(root, "b", "w.npz"))
-  lazy = _source(anns, _spec(root), preload=False, **kwargs)  # constructs: nothing is read
-  lazy.example(0)
   with pytest.raises(DataError, match=r"b/w.npz: missing feature file"):
-    lazy.example(1)
+    _source(anns, _spec(root), preload=False, **kwargs)
   with pytest.raises(DataError, match=r"b/w.npz: missing feature file"):
     _source(anns, _spec(root), **kwargs)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from lmr_jax.data import dataset
 from lmr_jax.evaluation import cqval, qvh_metrics
 from lmr_jax.evaluation.cqval import GRID, load_spacy
 from lmr_jax.evaluation.submission import read_submission
+from lmr_jax.errors import ConfigError
 from lmr_jax.training.checkpoint import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,12 +124,21 @@ def test_unlabelled_split_writes_the_submission_only(trained, capsys):
     ],
     ids=["hidden_dim", "without_weight_sharing", "without_captions"],
 )
-def test_checkpoint_of_another_config_is_a_one_line_error(trained, change, message):
+def test_checkpoint_of_another_config_is_a_one_line_error(trained, change, message, tmp_path):
+  """The workdir's config.json names the differing key first; a workdir without one (made elsewhere)
+  is still refused, by the saved arrays, before anything is restored."""
   config, workdir = trained
   other = config.copy_and_resolve_references()
   other.model.update(change)
-  with pytest.raises(CheckpointError, match=message) as e:
+  (key,) = change
+  with pytest.raises(ConfigError, match=rf"config\.model\.{key}: .* given") as e:
     evaluate_lib.evaluate_checkpoint(other, workdir)
+  assert "\n" not in str(e.value)
+  copy = str(tmp_path / "without_config_json")
+  shutil.copytree(workdir, copy)
+  os.remove(os.path.join(copy, "config.json"))
+  with pytest.raises(CheckpointError, match=message) as e:
+    evaluate_lib.evaluate_checkpoint(other, copy, output_dir=str(tmp_path / "out"))
   assert "\n" not in str(e.value) and "does not fit this config's model" in str(e.value)
 
 

@@ -4,12 +4,11 @@ import json
 import os
 import re
 import shutil
-import sys
 
 import jax
 import numpy as np
 import pytest
-from absl import flags
+from lmr_jax import cli
 from conftest import REPO, entry_point, tiny_config
 from matplotlib import image
 
@@ -60,12 +59,9 @@ def evaluated(trained, eval_main, tmp_path_factory):
       f"--config.data.annotation_files.{split}={path}"
       for split, path in config.data.annotation_files.items()
   ]
-  # --config is relative to the repository; config_flags reads its overrides from sys.argv.
-  with pytest.MonkeyPatch.context() as patch:
+  with pytest.MonkeyPatch.context() as patch:  # --config is relative to the repository
     patch.chdir(REPO)
-    patch.setattr(sys, "argv", argv)
-    flags.FLAGS(argv)
-    assert eval_main.main(argv[:1]) == 0
+    assert cli.run_absl(eval_main.main, eval_main.__doc__, argv) == 0
   return out
 
 
@@ -164,7 +160,7 @@ def test_cli(trained, evaluated, tmp_path, capsys):
   assert names[0] == "cqval.png" and sum(n.startswith("timeline_qid") for n in names) == 3
   assert "wrote" in capsys.readouterr().out
 
-  assert plots.main(["--workdir", str(tmp_path / "untrained")]) == 2
+  assert plots.main(["--workdir", str(tmp_path / "untrained")]) == 1
   assert "untrained/metrics.jsonl: no such file" in capsys.readouterr().err
 
 

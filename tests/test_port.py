@@ -132,6 +132,8 @@ def test_converted_checkpoint_runs_through_eval_and_predict(tiny_data_root, tmp_
   for name, value in traverse_util.flatten_dict(restored.params, sep="/").items():
     np.testing.assert_array_equal(np.asarray(value), flat[name], err_msg=name)
 
+  # eval.py takes the run's config but for paths and placement (the model reads no captions).
+  config.data.caption_dim = checkpoint_lib.load_config(workdir).data.caption_dim
   result = evaluate_lib.evaluate_checkpoint(
       config, workdir, split="val", output_dir=str(tmp_path / "e")
   )

@@ -241,14 +241,14 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
       capture_output=True,
       text=True,
   )
-  assert result.returncode == 2
+  assert result.returncode == 1
   assert result.stderr == f"error: {preds}:2: malformed JSON (Expecting value at column 1)\n"
   assert result.stdout == ""
 
 
 def test_cli_missing_file(tmp_path, capsys):
   assert (
-      main(["--submission", str(tmp_path / "nope.jsonl"), "--gt", str(tmp_path / "gt.jsonl")]) == 2
+      main(["--submission", str(tmp_path / "nope.jsonl"), "--gt", str(tmp_path / "gt.jsonl")]) == 1
   )
   missing = tmp_path / "nope.jsonl"
   assert capsys.readouterr().err == f"error: {missing}: no such file (expected: JSON Lines file)\n"

@@ -22,14 +22,20 @@ import ml_collections
 from lmr_jax import fileio
 from lmr_jax.data import dataset
 from lmr_jax.data.examples import ExampleSource
+from lmr_jax.commands import preflight
 from lmr_jax.errors import LmrError
 from lmr_jax.evaluation import cqval as cqval_lib
 from lmr_jax.evaluation import evaluators
 from lmr_jax.evaluation import split_evaluator
 from lmr_jax.evaluation import submission as submission_lib
+from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import parallel
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
+from lmr_jax.training import workdir as workdir_lib
+
+# What evaluate_checkpoint may write into its output folder (besides plots/).
+OUTPUT_NAMES = ("submission.jsonl", "metrics.json", "cqval.md", "cqval.json")
 
 
 class EvalError(LmrError):
@@ -65,8 +71,7 @@ def evaluate_checkpoint(
   checkpoint = str(checkpoint)
   split = split or config.eval_split
   output_dir = output_dir or os.path.join(workdir, "eval", f"{split}_{checkpoint}")
-  if plots < 0:
-    raise EvalError(f"--plots takes a number of queries >= 0, got {plots}")
+  _check_request(config, workdir, split, output_dir, plots)
   checkpointer = state_lib.open_checkpointer(config, workdir, checkpoint)
   try:
     source = dataset.example_source(
@@ -113,6 +118,23 @@ def evaluate_checkpoint(
       result["plots"].append(plots_lib.plot_cqval(result["cqval"], path, f"C-QVal of {what}"))
   print(f"wrote {output_dir}/")
   return result
+
+
+def _check_request(config, workdir: str, split: str, output_dir: str, plots: int) -> None:
+  """The config (alone and against the run's config.json), the split and the output folder."""
+  preflight.check_config(config)
+  if plots < 0:
+    raise EvalError(f"--plots takes a number of queries >= 0, got {plots}")
+  files = config.data.annotation_files
+  if split not in files or not files[split]:
+    raise EvalError(
+        f"--split '{split}' is not a split of config.data.annotation_files "
+        f"(has {sorted(k for k, v in files.items() if v)})"
+    )
+  if os.path.exists(os.path.join(workdir, checkpoint_lib.CONFIG_FILE)):
+    workdir_lib.check_matches(config, workdir, "eval.py")
+  inputs = [files[split], os.path.join(workdir, "metrics.jsonl")]
+  fileio.check_output_dir(output_dir, inputs, OUTPUT_NAMES)
 
 
 def _check_options(config, source: ExampleSource, cqval: bool, split: str) -> None:

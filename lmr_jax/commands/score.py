@@ -4,7 +4,8 @@
       [--save_path metrics.json] [--evaluator qvhighlights|charades_sta]
 
 The saved json has the official QVHighlights evaluator's names and structure (for Charades-STA only a
-"brief" block). Bad input exits with status 2 and a one-line error naming the file and line.
+"brief" block). Bad input exits with status 1 and a one-line error naming the file and line (usage errors: 2);
+the metrics never overwrite an input.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import os
 import sys
 from typing import Sequence
 
+from lmr_jax import cli
 from lmr_jax import fileio
-from lmr_jax.errors import LmrError
 from lmr_jax.evaluation import evaluators
 from lmr_jax.evaluation.submission import read_ground_truth, read_submission
 
@@ -36,18 +37,17 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--save_path", help="metrics json (default: <submission stem>_metrics.json beside it)"
   )
   parser.add_argument("--evaluator", choices=sorted(evaluators.METRICS), default="qvhighlights")
-  args = parser.parse_args(argv)
-  try:
-    submission, ground_truth = read_submission(args.submission), read_ground_truth(args.gt)
-    metrics = evaluators.METRICS[args.evaluator](submission, ground_truth)
-    save_path = args.save_path or default_save_path(args.submission)
-    fileio.write_json(save_path, metrics, indent=4)
-  except (LmrError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return cli.argparse_main(parser, _score, argv)
+
+
+def _score(args) -> None:
+  save_path = args.save_path or default_save_path(args.submission)
+  fileio.check_output_file(save_path, [args.submission, args.gt], "--save_path")
+  submission, ground_truth = read_submission(args.submission), read_ground_truth(args.gt)
+  metrics = evaluators.METRICS[args.evaluator](submission, ground_truth)
+  fileio.write_json(save_path, metrics, indent=4)
   print(evaluators.format_brief(metrics["brief"], f"{args.submission}: {args.evaluator}"), end="")
   print(f"saved {save_path}")
-  return 0
 
 
 if __name__ == "__main__":

@@ -7,17 +7,24 @@ import logging
 
 import ml_collections
 
+from lmr_jax.commands import preflight
 from lmr_jax.data import dataset
 from lmr_jax.evaluation import split_evaluator
 from lmr_jax.training import trainer
+from lmr_jax.training import workdir as workdir_lib
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, start_over: bool = False
+) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the last metrics.
 
-  Both splits are read (and, with ``config.data.preload``, every feature file checked) before any
+  The config, the workdir (``workdir.check_for_training``; ``start_over`` moves an earlier run
+  aside) and both splits (with ``config.data.preload``, every feature file) are checked before any
   checkpoint or log is written.
   """
+  preflight.check_config(config)
+  move_previous_run = workdir_lib.check_for_training(config, workdir, start_over)
   dataset.prepare(config.data)
   with_captions = config.model.use_caption_context
   train_source = dataset.example_source(
@@ -28,4 +35,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   logging.info("Evaluating on %d %s queries", len(eval_source), config.eval_split)
   evaluator = split_evaluator.SplitEvaluator(config, eval_source)
+  if move_previous_run:
+    workdir_lib.move_previous_run(workdir)
   return trainer.train(config, workdir, train_source, evaluator)

@@ -1,135 +1,46 @@
-"""QVHighlights-style JSON Lines annotations (QVHighlights, Charades-STA, synthetic).
+"""QVHighlights-style JSON Lines annotations, and the checker of annotation files and of a config's splits.
 
-One query per line: ``qid, query, duration, vid`` and, for labelled splits, ``relevant_windows`` (seconds),
-``relevant_clip_ids`` and ``saliency_scores`` (three annotators per clip, QVHighlights only). Every problem
-is reported as one ``DataError`` line naming the file and line, before anything is trained on it.
+The file format and its checks live in ``queries`` (re-exported here: ``DataError``, ``QueryAnnotation``,
+``load_annotations``, ...), which the loaders import; this module adds the command line:
+
+  python -m lmr_jax.data.annotations FILE...                           # annotation files alone
+  python -m lmr_jax.data.annotations --config=configs/qvh.py --split=val   # a split and its features
+
+With ``--config`` each split gets every check training and evaluation run before they start
+(``dataset.check_split``). A problem is one ``error:`` line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import os
+import sys
 
-from lmr_jax import fileio
+from lmr_jax import cli, fileio
+from lmr_jax.data.queries import (  # noqa: F401 - re-exported: the public names of annotation files
+    DataError,
+    QueryAnnotation,
+    check_clip_ids,
+    load_annotations,
+    load_split,
+    num_clips,
+    parse_annotation,
+)
 from lmr_jax.errors import LmrError
 
 
-class DataError(LmrError):
-  """Bad input data; the message is one line naming the file and the line, qid or key."""
+def _report(error: LmrError) -> None:
+  print(f"error: {error}", file=sys.stderr, flush=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class QueryAnnotation:
-  qid: int
-  query: str
-  vid: str
-  duration: float
-  windows: tuple[tuple[float, float], ...]  # seconds; empty for unlabelled (test) splits
-  relevant_clip_ids: tuple[int, ...]
-  saliency_scores: tuple[tuple[int, ...], ...]  # per relevant clip, one score per annotator
-  source: str  # "file:line", for error messages downstream
-
-  @property
-  def has_labels(self) -> bool:
-    return bool(self.windows)
-
-  def to_record(self) -> dict:
-    """The annotation as a jsonl record again (what the evaluators take as ground truth)."""
-    record = {"qid": self.qid, "query": self.query, "duration": self.duration, "vid": self.vid}
-    if self.has_labels:
-      record["relevant_windows"] = [list(w) for w in self.windows]
-    if self.relevant_clip_ids:
-      record["relevant_clip_ids"] = list(self.relevant_clip_ids)
-      record["saliency_scores"] = [list(s) for s in self.saliency_scores]
-    return record
-
-
-def parse_annotation(record: dict, source: str) -> QueryAnnotation:
-  """Validates one decoded line; ``source`` is "path:line" and starts every error message."""
-  for key in ("qid", "query", "duration", "vid"):
-    if key not in record:
-      raise DataError(f"{source}: missing key '{key}'")
-  qid = record["qid"]
-  if not isinstance(qid, int) or isinstance(qid, bool):
-    raise DataError(f"{source}: 'qid' must be an integer, got {qid!r}")
-  query = record["query"]
-  if not isinstance(query, str) or not query.strip():
-    raise DataError(f"{source}: qid {qid}: empty query")
-  duration = record["duration"]
-  if not fileio.is_number(duration) or duration <= 0:
-    raise DataError(f"{source}: qid {qid}: 'duration' must be a positive number, got {duration!r}")
-  vid = record["vid"]
-  if not isinstance(vid, str) or not vid:
-    raise DataError(f"{source}: qid {qid}: 'vid' must be a non-empty string")
-
-  windows = []
-  for w in record.get("relevant_windows", []):
-    if not (isinstance(w, list) and len(w) == 2 and all(fileio.is_number(x) for x in w)):
-      raise DataError(f"{source}: qid {qid}: window {w!r} is not [start, end]")
-    start, end = float(w[0]), float(w[1])
-    if not 0.0 <= start < end <= duration:
-      raise DataError(
-          f"{source}: qid {qid}: window [{start}, {end}] is outside [0, duration={duration}] or empty"
-      )
-    windows.append((start, end))
-
-  clip_ids = record.get("relevant_clip_ids", [])
-  scores = record.get("saliency_scores", [])
-  if len(clip_ids) != len(scores):
-    raise DataError(
-        f"{source}: qid {qid}: {len(clip_ids)} relevant_clip_ids but "
-        f"{len(scores)} saliency_scores"
-    )
-  for cid, s in zip(clip_ids, scores):
-    if not isinstance(cid, int) or cid < 0:
-      raise DataError(f"{source}: qid {qid}: bad relevant_clip_id {cid!r}")
-    if not (isinstance(s, list) and s and all(isinstance(x, int) and 0 <= x <= 4 for x in s)):
-      raise DataError(f"{source}: qid {qid}: saliency scores {s!r} must be integers in [0, 4]")
-  return QueryAnnotation(
-      qid=qid,
-      query=query,
-      vid=vid,
-      duration=float(duration),
-      windows=tuple(windows),
-      relevant_clip_ids=tuple(clip_ids),
-      saliency_scores=tuple(tuple(s) for s in scores),
-      source=source,
-  )
-
-
-def load_annotations(path: str | os.PathLike) -> list[QueryAnnotation]:
-  """Reads every line of a QVHighlights-style jsonl file; duplicate qids are an error."""
-  annotations, seen = [], {}
-  for record, source in fileio.read_jsonl(path, DataError, "annotation file"):
-    ann = parse_annotation(record, source)
-    if ann.qid in seen:
-      raise DataError(f"{source}: duplicate qid {ann.qid} (first at line {seen[ann.qid]})")
-    seen[ann.qid] = source.rsplit(":", 1)[1]
-    annotations.append(ann)
-  return annotations
-
-
-def load_split(annotation_files, split: str) -> list[QueryAnnotation]:
-  """The annotations of ``split`` from ``config.data.annotation_files``."""
-  if split not in annotation_files:
-    raise DataError(
-        f"config.data.annotation_files has no split '{split}' (has {sorted(annotation_files)})"
-    )
-  return load_annotations(annotation_files[split])
-
-
-def main(argv=None) -> int:
-  """``python -m lmr_jax.data.annotations FILE...``: validates each file, prints its counts."""
-  import argparse
-
-  parser = argparse.ArgumentParser(description="Validate QVHighlights-style annotation files.")
-  parser.add_argument("files", nargs="+")
+def _check_files(paths: list[str]) -> int:
+  """Validates each annotation file; returns how many failed (each said in one line)."""
   failed = 0
-  for path in parser.parse_args(argv).files:
+  for path in paths:
     try:
       anns = load_annotations(path)
-    except DataError as e:
-      print(f"error: {e}")
+    except LmrError as e:
+      _report(e)
       failed += 1
       continue
     labelled = sum(a.has_labels for a in anns)
@@ -137,8 +48,78 @@ def main(argv=None) -> int:
         f"{path}: {len(anns)} queries, {len({a.vid for a in anns})} videos, {labelled} labelled, "
         f"max duration {max(a.duration for a in anns):g} s"
     )
-  return 1 if failed else 0
+  return failed
+
+
+def _check_config_splits(spec: str, config, splits: list[str]) -> int:
+  """Validates each split of ``config`` (from the file ``spec``) as training and evaluation read it;
+  returns how many failed (each said in one line)."""
+  from lmr_jax.data import dataset  # noqa: PLC0415 - the file checks alone need none of it
+
+  dataset.check_data_config(config.data)
+  failed = 0
+  for split in splits or dataset.config_splits(config.data):
+    try:
+      summary = dataset.check_split(
+          config.data,
+          split,
+          with_captions=config.model.use_caption_context,
+          training=split == "train",
+      )
+    except LmrError as e:
+      _report(e)
+      failed += 1
+      continue
+    print(f"{spec} {split}: {summary}")
+  return failed
+
+
+def _load_config(parser: argparse.ArgumentParser, spec: str):
+  """The config of ``--config``; one that does not load is a usage error (exit status 2), as for
+  the other entry points."""
+  path = spec.partition(":")[0]
+  if not os.path.isfile(path):
+    parser.error(f"{path}: no such config file (--config)")
+  try:
+    return fileio.load_config(spec)
+  except LmrError:
+    raise
+  except Exception as e:  # noqa: BLE001 - a config is user code: any failure to load it
+    parser.error(f"{spec}: the config does not load ({type(e).__name__}: {e})")
+
+
+def main(argv=None) -> int:
+  """``python -m lmr_jax.data.annotations FILE...`` validates annotation files and prints their counts;
+  ``--config=configs/x.py [--split=val]`` validates a config's splits against their features with the
+  checks training and evaluation run (every feature file read). Each problem is one ``error:`` line
+  on stderr, and the exit status 1; a usage error exits 2."""
+  parser = argparse.ArgumentParser(
+      description="Validate QVHighlights-style annotation files, or a config's splits with their "
+      "features (the checks training runs before it starts)."
+  )
+  parser.add_argument("files", nargs="*", help="annotation files (.jsonl) to validate")
+  parser.add_argument("--config", help="config file[:arg]: validate its splits and their features")
+  parser.add_argument(
+      "--split",
+      action="append",
+      default=[],
+      help="with --config: a split of config.data.annotation_files (repeatable; default: every "
+      "split that names a file)",
+  )
+
+  def body(args) -> int:
+    if args.split and not args.config:
+      parser.error("--split needs --config")
+    if not args.files and not args.config:
+      parser.error("give annotation files, --config, or both")
+    config = _load_config(parser, args.config) if args.config else None
+    failed = _check_files(args.files)
+    if config is not None:
+      failed += _check_config_splits(args.config, config, args.split)
+    return 1 if failed else 0
+
+  return cli.argparse_main(parser, body, argv)
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  sys.exit(main())

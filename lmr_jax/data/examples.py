@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from lmr_jax.data import features as features_lib
-from lmr_jax.data.annotations import DataError, QueryAnnotation
+from lmr_jax.data.queries import DataError, QueryAnnotation, check_clip_ids
 
 
 def clip_windows(ann: QueryAnnotation, num_clips: int, clip_len: float) -> tuple[np.ndarray, float]:
@@ -140,9 +140,15 @@ class ExampleSource:
 
   The features come from a feature store (``features.NpzStore`` for ``.npz`` files,
   ``packed.PackedStore`` for TFDS shards); everything else (labels, the training filter, window
-  subsets, saliency pairs, padding) is this class's, so both stores give bit-identical examples. With
-  ``preload`` the store reads and validates every feature at construction, so a bad file fails before
-  training starts, and epochs read from memory.
+  subsets, saliency pairs, padding) is this class's, so both stores give bit-identical examples.
+
+  The whole split is checked here, before anything trains or writes: the labels against the clips
+  (``queries.check_clip_ids``), and every feature file the split needs against its annotation
+  (each video's streams against one another and its duration against their clips). With ``preload``
+  the store reads every feature file (values included: NaN/inf) and epochs read from memory; without,
+  it reads every file's npz header only (existence, key, shape, dimension, clip counts: milliseconds
+  per file) and the values are checked when an example first reads them. Packed data was checked
+  when it was packed.
   """
 
   def __init__(
@@ -161,13 +167,16 @@ class ExampleSource:
     self.with_captions = with_captions
     self.max_windows = max_windows
     self.training = training
+    check_clip_ids(annotations, spec.clip_len)
     if preload:
       store.preload(annotations)
+    else:
+      store.scan(annotations)
     self.annotations = self._usable(annotations)
 
   def _usable(self, annotations: list[QueryAnnotation]) -> list[QueryAnnotation]:
     """The queries this split serves: in training, those with a window inside the kept clips (the
-    clip count is ``max_clips`` while the store has not read the video yet)."""
+    store knows every video's clip count once it preloaded or scanned the split)."""
     max_clips = self.spec.max_clips
     kept, truncated = [], 0
     for ann in annotations:
@@ -185,7 +194,11 @@ class ExampleSource:
           max_clips,
       )
     if not kept:
-      raise DataError("no usable queries in this split")
+      where = annotations[0].source.rsplit(":", 1)[0] if annotations else "this split"
+      raise DataError(
+          f"{where}: no usable queries (a training query needs a window inside the first "
+          f"config.data.max_clips={max_clips} clips)"
+      )
     return kept
 
   def __len__(self) -> int:

@@ -33,15 +33,17 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from lmr_jax.data import annotations as annotations_lib
+from lmr_jax import cli
+from lmr_jax.data import checks
 from lmr_jax.data import features as features_lib
 from lmr_jax.data import pipeline
+from lmr_jax.data import queries as queries_lib
 from lmr_jax.data import synthetic
-from lmr_jax.data.annotations import DataError, QueryAnnotation
+from lmr_jax.data.queries import DataError, QueryAnnotation
 
 NAME = "lmr_packed"
 VERSION = "1.0.0"
@@ -146,11 +148,17 @@ class LmrPacked(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           example["caption"] = np.zeros((0, self._spec.caption_dim), np.float32)
       else:
         video = features_lib.load_video(self._spec, ann.vid, with_captions)
-        clips[ann.vid] = (video.visual.shape[0], video.num_clips_on_disk)
+        clips[ann.vid] = (
+            video.visual.shape[0],
+            video.num_clips_on_disk,
+            video.visual_clips_on_disk,
+        )
         example["visual"] = video.visual
         if with_captions:
           example["caption"] = video.caption
-      num_clips, num_clips_on_disk = clips[ann.vid]
+      num_clips, num_clips_on_disk, visual_clips = clips[ann.vid]
+      # The checks an ExampleSource runs on .npz files; a packed split is not checked again.
+      features_lib.check_duration(ann, visual_clips, self._spec)
       queries.append(
           {
               "annotation": ann.to_record(),
@@ -192,12 +200,14 @@ def pack(
     shard_size_mb: float = 256.0,
 ) -> list[str]:
   """Packs every query of each split; returns the dataset directories. Refuses to overwrite."""
+  checks.check_data_config(data)
   pipeline.hide_gpus_from_tf()
   spec = features_lib.FeatureSpec.from_config(data)
   settings = packed_settings(data, with_captions)
   written = []
   for split in splits:
-    annotations = annotations_lib.load_split(data.annotation_files, split)
+    annotations = queries_lib.load_split(data.annotation_files, split)
+    queries_lib.check_clip_ids(annotations, spec.clip_len)
     builder = LmrPacked(
         split=split, annotations=annotations, spec=spec, settings=settings, data_dir=out_dir
     )
@@ -242,6 +252,9 @@ class PackedStore:
     }
 
   def preload(self, annotations) -> None:
+    del annotations
+
+  def scan(self, annotations) -> None:
     del annotations
 
   def clip_counts(self, vid: str) -> tuple[int, int]:
@@ -299,7 +312,7 @@ def open_split(
   metadata = builder.info.metadata
   _check_settings(path, metadata["settings"], packed_settings(data, with_captions))
   queries = metadata["queries"]
-  annotations = [annotations_lib.parse_annotation(q["annotation"], q["source"]) for q in queries]
+  annotations = [queries_lib.parse_annotation(q["annotation"], q["source"]) for q in queries]
   return annotations, PackedStore(builder.as_data_source(split), annotations, queries, path)
 
 
@@ -314,10 +327,9 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config", "out_dir"])
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main() -> None:
   config = flags.FLAGS.config
+  checks.check_data_config(config.data)
   if config.data.generate_synthetic:
     synthetic.ensure(config.data)
   for path in pack(
@@ -332,4 +344,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  raise SystemExit(cli.run_absl(main, __doc__))

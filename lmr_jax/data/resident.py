@@ -23,14 +23,15 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
+from lmr_jax import cli
 from lmr_jax import fileio
-from lmr_jax.data import annotations as annotations_lib
 from lmr_jax.data import features as features_lib
 from lmr_jax.data import order
-from lmr_jax.data.annotations import DataError
+from lmr_jax.data import queries as queries_lib
+from lmr_jax.data.checks import RESIDENT_DTYPES
 from lmr_jax.data.examples import ExampleSource
+from lmr_jax.data.queries import DataError
 
-RESIDENT_DTYPES = ("float32", "bfloat16")
 # Of a device's free memory, what the tables may take; the rest is for the train step's activations.
 MAX_SHARE_OF_FREE_MEMORY = 0.8
 
@@ -209,17 +210,16 @@ def main(argv=None) -> int:
   parser.add_argument("--config", default="configs/qvh.py", help="config file[:arg]")
   parser.add_argument("--split", default="train")
   parser.add_argument("--annotations", default="", help="this file instead of the config's split")
-  args = parser.parse_args(argv)
+  return cli.argparse_main(parser, _report, argv)
+
+
+def _report(args) -> None:
   config = fileio.load_config(args.config)
-  try:
-    anns = (
-        annotations_lib.load_annotations(args.annotations)
-        if args.annotations
-        else annotations_lib.load_split(config.data.annotation_files, args.split)
-    )
-  except DataError as e:
-    print(f"error: {e}")
-    return 1
+  anns = (
+      queries_lib.load_annotations(args.annotations)
+      if args.annotations
+      else queries_lib.load_split(config.data.annotation_files, args.split)
+  )
   with_captions = config.model.use_caption_context
   print(
       f"{args.config} {args.split}: {len(anns)} queries, {len({a.vid for a in anns})} videos "
@@ -228,7 +228,6 @@ def main(argv=None) -> int:
   for dtype in RESIDENT_DTYPES:
     nbytes = footprint_bytes(config.data, anns, with_captions, dtype)
     print(f"  {dtype}: at most {nbytes / 2**30:.2f} GiB per device")
-  return 0
 
 
 if __name__ == "__main__":

@@ -18,19 +18,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
-import functools
+import sys
 import zlib
 
 import numpy as np
 
-from lmr_jax import fileio
+from lmr_jax import cli, fileio
 from lmr_jax.data import features as features_lib
-from lmr_jax.data.annotations import DataError
+from lmr_jax.data.queries import DataError
+from lmr_jax.errors import ConfigError
 
 SETTINGS_FILE = "synthetic_config.json"
+# Draws of one video's events before giving up: with the default settings a plan fits at the first
+# draw in 99 % of videos (at most 3 in 2,000), so this many failing means the settings leave no room.
+MAX_PLAN_DRAWS = 10_000
 
 ACTORS = (
     "man",
@@ -127,6 +132,84 @@ class SyntheticConfig:
   caption_dim: int = 512  # the frozen LLM embedding width (Llama-7B: 4096)
 
 
+_COUNTS = ("train_videos", "val_videos", "test_videos", "min_clips", "min_event_clips")
+_DIMS = ("slowfast_dim", "clip_dim", "text_dim", "caption_dim")
+_PROBABILITIES = ("repeated_scene_prob", "caption_scene_missing_prob")
+
+
+def settings_from_config(settings) -> SyntheticConfig:
+  """``config.data.synthetic`` (a ConfigDict or dict) as a ``SyntheticConfig``; an unknown key is a
+  ConfigError naming it."""
+  values = settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
+  names = {f.name for f in dataclasses.fields(SyntheticConfig)}
+  for key in values:
+    if key not in names:
+      raise ConfigError(
+          f"config.data.synthetic.{key}: no such synthetic setting (has {sorted(names)})"
+      )
+  return SyntheticConfig(**values)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def smallest_video(cfg: SyntheticConfig) -> int:
+  """The clips of the smallest plan ``_plan_video`` can draw: 2 core events of ``min_event_clips``
+  and a background clip before, between and after them."""
+  return 2 * cfg.min_event_clips + 3
+
+
+def _check_ranges(cfg: SyntheticConfig, prefix: str) -> None:
+  """Each setting alone (and each min/max pair) within what the generator can use."""
+  for name in _COUNTS + _DIMS:
+    value = getattr(cfg, name)
+    if not _is_int(value) or value < 1:
+      raise ConfigError(f"{prefix}{name} must be an integer >= 1, got {value!r}")
+  if not _is_int(cfg.seed):
+    raise ConfigError(f"{prefix}seed must be an integer, got {cfg.seed!r}")
+  for low, high in (("min_clips", "max_clips"), ("min_event_clips", "max_event_clips")):
+    if not _is_int(getattr(cfg, high)) or getattr(cfg, high) < getattr(cfg, low):
+      raise ConfigError(
+          f"{prefix}{high}={getattr(cfg, high)!r} must be an integer >= "
+          f"{prefix}{low}={getattr(cfg, low)}"
+      )
+  if not _is_int(cfg.max_core_events) or not 2 <= cfg.max_core_events <= len(SCENES):
+    raise ConfigError(
+        f"{prefix}max_core_events must be an integer in [2, {len(SCENES)}] (look-alike events in "
+        f"different scenes), got {cfg.max_core_events!r}"
+    )
+  if not _is_int(cfg.max_other_events) or cfg.max_other_events < 0:
+    raise ConfigError(
+        f"{prefix}max_other_events must be an integer >= 0, got {cfg.max_other_events!r}"
+    )
+  for name in _PROBABILITIES:
+    value = getattr(cfg, name)
+    if not fileio.is_number(value) or not 0.0 <= value <= 1.0:
+      raise ConfigError(f"{prefix}{name} must be a probability in [0, 1], got {value!r}")
+  if not fileio.is_number(cfg.clip_len) or cfg.clip_len <= 0:
+    raise ConfigError(f"{prefix}clip_len must be a number > 0, got {cfg.clip_len!r}")
+  if not fileio.is_number(cfg.visual_noise) or cfg.visual_noise < 0:
+    raise ConfigError(f"{prefix}visual_noise must be a number >= 0, got {cfg.visual_noise!r}")
+
+
+def check_settings(cfg: SyntheticConfig, prefix: str = "config.data.synthetic.") -> None:
+  """Raises a ConfigError naming ``{prefix}{field}`` for settings that cannot make a benchmark,
+  among them events that cannot fit in the shortest video (the generator would draw forever)."""
+  _check_ranges(cfg, prefix)
+  if cfg.clip_dim != cfg.text_dim:
+    raise ConfigError(
+        f"{prefix}clip_dim={cfg.clip_dim} must equal {prefix}text_dim={cfg.text_dim}: CLIP image "
+        "and text features share one space"
+    )
+  if smallest_video(cfg) > cfg.min_clips:
+    raise ConfigError(
+        f"{prefix}min_clips={cfg.min_clips} cannot hold the smallest video (2 events of "
+        f"{prefix}min_event_clips={cfg.min_event_clips} clips and 3 background clips: "
+        f"{smallest_video(cfg)} clips); raise min_clips or lower min_event_clips"
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def word_vector(word: str, dim: int, table: str) -> np.ndarray:
   """The fixed embedding of ``word``: the same vector in every run and every split."""
@@ -166,10 +249,14 @@ def _plan_video(rng: np.random.Generator, cfg: SyntheticConfig, num_clips: int):
     scenes[-1] = scenes[0]
   events = [(actor, action, s) for s in scenes]
   for _ in range(int(rng.integers(0, cfg.max_other_events + 1))):
-    while True:
+    for _ in range(MAX_PLAN_DRAWS):  # 143 of the 144 (actor, action) pairs differ from the core's
       other = (int(rng.integers(len(ACTORS))), int(rng.integers(len(ACTIONS))))
       if other != (actor, action):
         break
+    else:
+      raise DataError(
+          f"no unrelated event in {MAX_PLAN_DRAWS} draws: the random generator is broken"
+      )
     events.append(other + (int(rng.integers(len(SCENES))),))
   queries = [
       (actor, action, scene, [i for i, e in enumerate(events[:num_core]) if e[2] == scene])
@@ -209,11 +296,6 @@ class _VisualBasis:
   """
 
   def __init__(self, cfg: SyntheticConfig):
-    if cfg.clip_dim != cfg.text_dim:
-      raise ValueError(
-          f"clip_dim ({cfg.clip_dim}) must equal text_dim ({cfg.text_dim}): CLIP image "
-          "and text features share one space"
-      )
     rng = np.random.default_rng([cfg.seed, 7])
     random_unit = lambda n: (  # noqa: E731
         rng.standard_normal((n, cfg.slowfast_dim)).astype(np.float32) / np.sqrt(cfg.slowfast_dim)
@@ -250,9 +332,15 @@ def _saliency_scores(rng: np.random.Generator, length: int) -> list[list[int]]:
 def _write_video(rng, cfg: SyntheticConfig, basis: _VisualBasis, feat_dir: str, vid: str):
   """Plans a video and writes its visual and caption features; returns (clips, events, queries)."""
   num_clips = int(rng.integers(cfg.min_clips, cfg.max_clips + 1))
-  plan = None
-  while plan is None:
+  for _ in range(MAX_PLAN_DRAWS):
     plan = _plan_video(rng, cfg, num_clips)
+    if plan is not None:
+      break
+  else:
+    raise ConfigError(
+        f"synthetic video {vid}: no {MAX_PLAN_DRAWS} draws of its events fit in {num_clips} clips; "
+        "raise min_clips, or lower max_event_clips, max_core_events or max_other_events"
+    )
   events, queries = plan
   clip_event = [None] * num_clips
   for e in events:
@@ -325,7 +413,9 @@ LABEL_KEYS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
 
 
 def generate(cfg: SyntheticConfig, out_dir: str) -> dict[str, str]:
-  """Writes the benchmark under ``out_dir``; returns the annotation file of each split."""
+  """Writes the benchmark under ``out_dir``; returns the annotation file of each split. Settings
+  that cannot make one are a ConfigError before anything is written."""
+  check_settings(cfg)
   for d in (
       "slowfast_features",
       "clip_features",
@@ -351,6 +441,22 @@ def generate(cfg: SyntheticConfig, out_dir: str) -> dict[str, str]:
   return files
 
 
+def _stored_settings(path: str) -> dict:
+  """The settings file of existing synthetic data; an unreadable one is an error, never redone (the
+  folder may hold someone's data)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(
+        f"{path}: unreadable synthetic settings file ({type(e).__name__}); delete the folder "
+        "or point config.data.feat_root elsewhere"
+    ) from None
+  if not isinstance(stored, dict):
+    raise DataError(f"{path}: not a synthetic settings file (expected a JSON object)")
+  return stored
+
+
 def ensure(data) -> None:
   """Writes the benchmark that ``data.synthetic`` (a ``config.data``) describes, unless the folder
   above ``data.feat_root`` already holds it with exactly these settings.
@@ -359,11 +465,11 @@ def ensure(data) -> None:
   settings that differ. A folder without the settings file is an interrupted write and is redone.
   """
   root = os.path.dirname(os.path.normpath(data.feat_root))
-  cfg = SyntheticConfig(**data.synthetic.to_dict())
+  cfg = settings_from_config(data.synthetic)
+  check_settings(cfg)
   path = os.path.join(root, SETTINGS_FILE)
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      stored = json.load(f)
+    stored = _stored_settings(path)
     wanted = dataclasses.asdict(cfg)
     differ = [
         f"{k}={stored.get(k)!r} (config: {v!r})" for k, v in wanted.items() if stored.get(k) != v
@@ -378,18 +484,22 @@ def ensure(data) -> None:
   generate(cfg, root)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out_dir", required=True)
   for field in dataclasses.fields(SyntheticConfig):
     parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-  args = vars(parser.parse_args(argv))
-  out_dir = args.pop("out_dir")
-  files = generate(SyntheticConfig(**args), out_dir)
-  for split, path in files.items():
-    with open(path) as f:
-      print(f"{split}: {sum(1 for _ in f)} queries -> {path}")
+
+  def body(args) -> None:
+    settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "verbose")}
+    cfg = SyntheticConfig(**settings)
+    check_settings(cfg, prefix="--")
+    for split, path in generate(cfg, args.out_dir).items():
+      with open(path) as f:
+        print(f"{split}: {sum(1 for _ in f)} queries -> {path}")
+
+  return cli.argparse_main(parser, body, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

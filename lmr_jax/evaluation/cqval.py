@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lmr_jax import cli
 from lmr_jax import fileio
 from lmr_jax.data.annotations import QueryAnnotation
 from lmr_jax.errors import LmrError
@@ -194,28 +195,28 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--annotations", required=True, help="QVHighlights-style JSON Lines (.gz ok)")
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--spacy_model", default=DEFAULT_SPACY_MODEL)
-  args = parser.parse_args(argv)
-  try:
-    records = [r for r, _ in fileio.read_jsonl(args.annotations, SubmissionError)]
-    splits = build_cqval_splits(records, load_spacy(args.spacy_model))
-    for (c, w), kept in splits.items():
-      fileio.write_jsonl(os.path.join(args.out_dir, f"cqval_c{c}_w{w}.jsonl"), kept)
-    rows = size_table(splits, len(records))
-    summary = {
-        "annotations": args.annotations,
-        "num_queries": len(records),
-        "spacy_model": args.spacy_model,
-        "clause_deps": sorted(SUBORDINATE_CLAUSE_DEPS),
-        "splits": rows,
-    }
-    fileio.write_json(os.path.join(args.out_dir, "cqval_sizes.json"), summary)
-    table = format_markdown(rows, len(records))
-    fileio.atomic_write_text(os.path.join(args.out_dir, "cqval_sizes.md"), table)
-  except (LmrError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return cli.argparse_main(parser, _build, argv)
+
+
+def _build(args) -> None:
+  names = [f"cqval_c{c}_w{w}.jsonl" for c, w in GRID] + ["cqval_sizes.json", "cqval_sizes.md"]
+  fileio.check_output_dir(args.out_dir, [args.annotations], names, "--out_dir")
+  records = [r for r, _ in fileio.read_jsonl(args.annotations, SubmissionError)]
+  splits = build_cqval_splits(records, load_spacy(args.spacy_model))
+  for (c, w), kept in splits.items():
+    fileio.write_jsonl(os.path.join(args.out_dir, f"cqval_c{c}_w{w}.jsonl"), kept)
+  rows = size_table(splits, len(records))
+  summary = {
+      "annotations": args.annotations,
+      "num_queries": len(records),
+      "spacy_model": args.spacy_model,
+      "clause_deps": sorted(SUBORDINATE_CLAUSE_DEPS),
+      "splits": rows,
+  }
+  fileio.write_json(os.path.join(args.out_dir, "cqval_sizes.json"), summary)
+  table = format_markdown(rows, len(records))
+  fileio.atomic_write_text(os.path.join(args.out_dir, "cqval_sizes.md"), table)
   print(table, end="")
-  return 0
 
 
 if __name__ == "__main__":

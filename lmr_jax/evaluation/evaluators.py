@@ -27,6 +27,22 @@ def check_names(names: Sequence[str], key: str = "config.evals") -> None:
       raise ConfigError(f"{key}: unknown evaluator '{name}', choose from {sorted(METRICS)}")
 
 
+def brief_names(names: Sequence[str]) -> set[str]:
+  """The headline metrics ``names`` report (what ``config.best_metric`` may name), known before any
+  scoring; tests/test_bad_input.py checks them against real scores."""
+  found = set()
+  if "qvhighlights" in names:
+    found |= {f"MR-{bucket}-mAP" for bucket in ("full", "short", "middle", "long")}
+    found |= {"MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-full-R1@0.5", "MR-full-R1@0.7"}
+    found |= {
+        f"HL-min-{level}-{k}" for level, _ in qvh_metrics.SALIENCY_LEVELS for k in ("mAP", "Hit1")
+    }
+  if "charades_sta" in names:
+    found |= {f"R{k}@{t}" for k in charades_metrics.RANKS for t in charades_metrics.IOU_THRESHOLDS}
+    found |= {"mIoU", "mAP"} | {f"mAP@{t}" for t in charades_metrics.MAP_THRESHOLDS}
+  return found
+
+
 def score(
     records: Sequence[dict], annotations: Sequence[QueryAnnotation], names: Sequence[str]
 ) -> dict:

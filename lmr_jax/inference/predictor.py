@@ -182,6 +182,17 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return checkpoint_lib.load_config(workdir)
 
 
+def check_options(config, top_k: int | None, window_stride: int | None, nms_iou: float) -> None:
+  """The prediction options, checked before any work (predict.py calls it first)."""
+  max_clips = config.data.max_clips
+  if window_stride is not None and not 0 < window_stride <= max_clips:
+    raise PredictError(f"--window_stride must be in [1, {max_clips}] clips, got {window_stride}")
+  if top_k is not None and top_k < 1:
+    raise PredictError(f"--top_k must be at least 1, got {top_k}")
+  if not 0.0 <= nms_iou <= 1.0:
+    raise PredictError(f"--nms_iou must be in [0, 1], got {nms_iou}")
+
+
 class Predictor:
   """A restored checkpoint and its jitted predict step; ``predict`` runs one video's queries."""
 
@@ -228,11 +239,8 @@ class Predictor:
     (None: all), rounded to clips as eval rounds them (``config.eval_round_to_clip``),
     "pred_saliency_scores": one per clip}."""
     max_clips, clip_len = self.config.data.max_clips, self.config.data.clip_len
+    check_options(self.config, top_k, window_stride, nms_iou)
     stride = window_stride or max(1, max_clips // 2)
-    if not 0 < stride <= max_clips:
-      raise PredictError(f"the window stride must be in [1, {max_clips}] clips, got {stride}")
-    if top_k is not None and top_k < 1:
-      raise PredictError(f"top_k must be at least 1, got {top_k}")
     starts = window_starts(video.num_clips, max_clips, stride)
     round_to = predictions.clip_rounding(self.config)
     outputs = self._run([_example(self.config, video, s, q) for q in queries for s in starts])

@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from lmr_jax import cli
+from lmr_jax import fileio
 from lmr_jax.errors import LmrError
 from lmr_jax.data import features as features_lib
 
@@ -421,36 +423,32 @@ def main(argv=None) -> int:
       help="with --checkpoint: comma-separated widths of its v_feat_dirs streams, when they are not "
       "QVHighlights' slowfast_features (2304) and clip_features (512)",
   )
-  args = parser.parse_args(argv)
-  try:
-    if args.checkpoint:
-      if not args.workdir or args.fixture:
-        parser.error("--checkpoint needs --workdir and no fixture")
-      dims = None
-      if args.visual_dims:
-        try:
-          dims = tuple(int(x) for x in args.visual_dims.split(","))
-        except ValueError:
-          parser.error(f"--visual_dims: not comma-separated integers: {args.visual_dims!r}")
-      config = port_checkpoint(args.checkpoint, args.workdir, dims)
-      print(
-          f"wrote {args.workdir} (config.json, checkpoints/0, best/0; k={config.model.num_queries})"
-      )
-    elif args.fixture:
-      if not args.outputs:
-        parser.error("a fixture needs --outputs OUT.npz")
-      result = run_fixture(args.fixture)
+  return cli.argparse_main(parser, lambda args: _port(parser, args), argv)
+
+
+def _port(parser, args) -> None:
+  if args.checkpoint:
+    if not args.workdir or args.fixture:
+      parser.error("--checkpoint needs --workdir and no fixture")
+    dims = None
+    if args.visual_dims:
       try:
-        features_lib.write_npz(args.outputs, **result)
-      except OSError as e:
-        raise PortError(f"{args.outputs}: cannot write ({e.strerror})") from None
-      print(f"wrote {args.outputs} ({len(result)} arrays)")
-    else:
-      parser.error("give a fixture or --checkpoint")
-  except PortError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+        dims = tuple(int(x) for x in args.visual_dims.split(","))
+      except ValueError:
+        parser.error(f"--visual_dims: not comma-separated integers: {args.visual_dims!r}")
+    config = port_checkpoint(args.checkpoint, args.workdir, dims)
+    print(
+        f"wrote {args.workdir} (config.json, checkpoints/0, best/0; k={config.model.num_queries})"
+    )
+  elif args.fixture:
+    if not args.outputs:
+      parser.error("a fixture needs --outputs OUT.npz")
+    fileio.check_output_file(args.outputs, [args.fixture], "--outputs")
+    result = run_fixture(args.fixture)
+    features_lib.write_npz(args.outputs, **result)
+    print(f"wrote {args.outputs} ({len(result)} arrays)")
+  else:
+    parser.error("give a fixture or --checkpoint")
 
 
 if __name__ == "__main__":

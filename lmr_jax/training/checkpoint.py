@@ -55,7 +55,16 @@ class UnreadableCheckpointError(CheckpointError):
 _DAMAGE_STATUS = ("DATA_LOSS:", "OUT_OF_RANGE:", "NOT_FOUND:")
 
 
-def _is_damage(error: Exception) -> bool:
+def _causes(error: BaseException) -> list[BaseException]:
+  """``error`` and what it was raised from (orbax wraps tensorstore's error in a bare Exception)."""
+  chain = []
+  while error is not None and error not in chain and len(chain) < 8:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def _is_damage(error: BaseException) -> bool:
   if isinstance(error, (json.JSONDecodeError, FileNotFoundError)):
     return True
   return type(error) is ValueError and str(error).startswith(_DAMAGE_STATUS)
@@ -63,8 +72,10 @@ def _is_damage(error: Exception) -> bool:
 
 def _read_error(step_dir, error: Exception) -> CheckpointError:
   """The error for a step that failed to read: UnreadableCheckpointError only for proven damage."""
+  damage = next((e for e in _causes(error) if _is_damage(e)), None)
+  error = damage or error
   reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
-  if _is_damage(error):
+  if damage is not None:
     return UnreadableCheckpointError(f"{step_dir}: unreadable checkpoint ({reason})")
   return CheckpointError(
       f"{step_dir}: could not be read ({reason}); this is not a sign of damage, so the step was left "

@@ -88,11 +88,12 @@ def train(
   # Built (and checked against the devices' memory) before anything is written to the workdir.
   tables = feeds.load_tables(config, source, mesh) if config.data.device_resident else None
   os.makedirs(workdir, exist_ok=True)
-  checkpoint_lib.save_config(config, workdir)
   model = state_lib.build_model(config)
   tx, lr_schedule = train_step_lib.make_optimizer(config.optim, schedule.total_steps)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   state, position, shardings = _initial_state(config, model, tx, mesh, source, checkpointer)
+  # Only now that the checkpoint fits (or there is none) does the workdir's record of the run change.
+  checkpoint_lib.save_config(config, workdir)
   feed = _feed(config, source, tables, position, mesh, model, tx, shardings)
   eval_step = train_step_lib.jit_eval_step(model, mesh, shardings.params)
   # Made under jit: device_put cannot place a value on other hosts' devices.

@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from lmr_jax import cli
 from lmr_jax import fileio
 from lmr_jax.data.annotations import DataError, load_annotations
 from lmr_jax.evaluation.submission import SubmissionError, read_submission
@@ -318,31 +319,27 @@ def main(argv=None) -> int:
   )
   p.add_argument("--clip_len", type=float, default=2.0, help="seconds per clip")
   p.add_argument("--out_dir", help="default: {eval_dir}/plots, else {workdir}/plots")
-  args = p.parse_args(argv)
+  return cli.argparse_main(p, lambda args: _plot(p, args), argv)
+
+
+def _plot(parser, args) -> None:
   if not (args.workdir or args.eval_dir):
-    p.error("nothing to plot: pass --workdir and/or --eval_dir")
+    parser.error("nothing to plot: pass --workdir and/or --eval_dir")
   if args.annotations and not args.eval_dir:
-    p.error("--annotations draws timelines of --eval_dir's submission: pass --eval_dir")
+    parser.error("--annotations draws timelines of --eval_dir's submission: pass --eval_dir")
   out_dir = args.out_dir or os.path.join(args.eval_dir or args.workdir, "plots")
   paths = []
-  try:
-    if args.workdir:
-      records = read_metrics_log(os.path.join(args.workdir, "metrics.jsonl"))
-      path = os.path.join(out_dir, "training_curves.png")
-      paths.append(plot_training_curves(records, path, f"training: {args.workdir}"))
-    if args.eval_dir:
-      cqval_path = os.path.join(args.eval_dir, "cqval.json")
-      if os.path.exists(cqval_path):
-        paths.append(plot_cqval(load_cqval(cqval_path), os.path.join(out_dir, "cqval.png")))
-      if args.annotations:
-        paths += _timelines(
-            args.eval_dir, args.annotations, args.num_queries, args.clip_len, out_dir
-        )
-  except PlotError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.workdir:
+    records = read_metrics_log(os.path.join(args.workdir, "metrics.jsonl"))
+    path = os.path.join(out_dir, "training_curves.png")
+    paths.append(plot_training_curves(records, path, f"training: {args.workdir}"))
+  if args.eval_dir:
+    cqval_path = os.path.join(args.eval_dir, "cqval.json")
+    if os.path.exists(cqval_path):
+      paths.append(plot_cqval(load_cqval(cqval_path), os.path.join(out_dir, "cqval.png")))
+    if args.annotations:
+      paths += _timelines(args.eval_dir, args.annotations, args.num_queries, args.clip_len, out_dir)
   print("\n".join(f"wrote {p}" for p in paths))
-  return 0
 
 
 if __name__ == "__main__":

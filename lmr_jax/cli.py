@@ -1,0 +1,176 @@
+"""How every command-line entry point starts and ends: a quiet start-up and one line per user error.
+
+Exit status: 0 on success and for ``--help``; 2 for a usage error (an unknown or malformed flag, a
+missing required flag, a config file that does not load, an override of a key the config does not
+have); 1 for any other user error (an ``LmrError``: bad data, config values, checkpoints, workdirs;
+or an ``OSError`` on a user's path). Either is one line, ``usage error: ...`` or ``error: ...``, on
+stderr. ``--verbose`` (or the environment variable ``LMR_DEBUG=1``) adds the traceback and prints the
+config. Anything else is a bug and keeps its traceback.
+
+Importing this module changes nothing; the entry points call ``quiet_native_logs`` before they import
+TensorFlow or JAX, then ``run_absl``; argparse commands return ``argparse_main``'s status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+DEBUG_ENV = "LMR_DEBUG"
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+class UsageError(Exception):
+  """A command line that cannot be run as given (exit status 2)."""
+
+
+def quiet_native_logs() -> None:
+  """Silences TensorFlow's C++ start-up banners (oneDNN notices, "All log messages before
+  absl::InitializeLog()") unless the user set these variables. TensorFlow only feeds data here, so
+  oneDNN's op rewrites are of no use to it."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def debugging(argv: Sequence[str] = ()) -> bool:
+  """True with ``--verbose`` on the command line or ``LMR_DEBUG`` set to anything but ''/0."""
+  return "--verbose" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  if isinstance(error, OSError) and error.filename is not None and error.strerror:
+    text = f"{error.filename}: {error.strerror}"
+  line = text.splitlines()[0] if text else type(error).__name__
+  return line if len(line) <= 1000 else line[:997] + "..."
+
+
+def report(error: BaseException, prefix: str, argv: Sequence[str] = ()) -> None:
+  """Prints ``{prefix}: {first line}`` to stderr, after the traceback when debugging."""
+  if debugging(argv):
+    traceback.print_exception(error)
+  print(f"{prefix}: {_first_line(error)}", file=sys.stderr, flush=True)
+
+
+def exit_code(body: Callable[[], int | None], argv: Sequence[str] = ()) -> int:
+  """Runs ``body``; a user error becomes one line on stderr and exit status 1 (``UsageError``: 2)."""
+  from lmr_jax.errors import LmrError  # noqa: PLC0415 - keeps this module free of imports at start
+
+  try:
+    return body() or EXIT_OK
+  except UsageError as e:
+    report(e, "usage error", argv)
+    return EXIT_USAGE
+  except (LmrError, OSError) as e:
+    report(e, "error", argv)
+    return EXIT_ERROR
+
+
+def argparse_main(parser, body: Callable, argv: Sequence[str] | None) -> int:
+  """Parses ``argv`` with ``parser`` (argparse itself exits 2 on a usage error and 0 after ``--help``)
+  plus ``--verbose``, then runs ``body(args)`` under ``exit_code``; returns the exit status."""
+  parser.add_argument(
+      "--verbose", action="store_true", help=f"print the traceback of an error (also {DEBUG_ENV}=1)"
+  )
+  args = parser.parse_args(argv)
+  return exit_code(lambda: body(args), ["--verbose"] if args.verbose else [])
+
+
+def _absl_help(flag_values, doc: str) -> str:
+  module = sys.argv[0] if sys.argv and sys.argv[0] else "main"
+  options = flag_values.get_flags_for_module(module) or flag_values.get_key_flags_for_module(module)
+  lines = [doc.strip(), "", "flags:"]
+  for flag in sorted(options, key=lambda f: f.name):
+    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+    lines.append(f"  --{flag.name}: {flag.help}{default}")
+  lines.append("  --verbose: print tracebacks of errors and the config (also LMR_DEBUG=1)")
+  return "\n".join(lines)
+
+
+def _unknown_override(argv: Sequence[str]) -> str | None:
+  """The first ``--config.a.b=v`` whose key the config file does not have, as a usage message."""
+  from lmr_jax import fileio  # noqa: PLC0415
+
+  config_arg = next((a for a in argv if a.startswith("--config=")), None)
+  if config_arg is None:
+    return None
+  try:
+    config = fileio.load_config(config_arg.split("=", 1)[1])
+  except Exception:  # noqa: BLE001 - the parse error itself is reported instead
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config.") :].split("=", 1)[0]
+    node = config
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node.keys():
+        return f"--config.{key}: the config has no key '{part}' (see {config_arg[9:]})"
+      node = node[part]
+  return None
+
+
+def parse_absl_flags(argv: Sequence[str], flag_values=None) -> list[str]:
+  """Parses ``argv`` into absl's flags; every failure (including a config file that does not load
+  or an override of an unknown key) is a one-line ``UsageError``."""
+  from absl import flags  # noqa: PLC0415
+
+  flag_values = flag_values or flags.FLAGS
+  for arg in argv[1:]:  # config_flags defers a missing file's error to the first use of the config
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such config file (--config)")
+  flag_values.unparse_flags()  # a second parse in one process (tests) starts from the defaults
+  argv = [a for a in argv if a != "--verbose"]
+  saved_argv, sys.argv = sys.argv, argv  # config_flags finds the --config.x overrides in sys.argv
+  try:
+    rest = flag_values(argv)
+  except Exception as e:  # noqa: BLE001 - configs are user code: any failure to load is a usage error
+    message = _unknown_override(argv[1:])
+    if message is None:
+      lines = [line for line in str(e).splitlines() if line.strip()]
+      # A config whose get_config raised: config_flags puts the traceback in the message.
+      traced = lines and "Error whilst parsing config file" in lines[0]
+      message = lines[-1].strip() if traced else _first_line(e).removeprefix("ERROR:").strip()
+      if isinstance(e, flags.Error):
+        message = message.replace("flag --", "--")
+    raise UsageError(message) from e
+  finally:
+    sys.argv = saved_argv
+  if len(rest) > 1:
+    raise UsageError(f"unexpected arguments {rest[1:]}")
+  return rest
+
+
+def run_absl(main: Callable[[], int | None], doc: str, argv: Sequence[str] | None = None) -> int:
+  """Parses absl flags for ``main`` (no arguments; it reads the flags), runs it, returns the exit
+  status. ``--help`` prints ``doc`` and the flags (exit 0); absl logs INFO and up to stderr, with the
+  config printed only when debugging."""
+  from absl import flags  # noqa: PLC0415
+  from absl import logging as absl_logging  # noqa: PLC0415
+
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print(_absl_help(flags.FLAGS, doc))
+    return EXIT_OK
+  try:
+    parse_absl_flags(argv)
+  except UsageError as e:
+    report(e, "usage error", argv)
+    return EXIT_USAGE
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  # JAX's notes on the backends it did not find ("Unable to initialize backend 'tpu'") are noise.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  return exit_code(main, argv)
+
+
+def show_config(config, argv: Sequence[str] = ()) -> None:
+  """The resolved config on stdout, only when debugging (the workdir keeps it in config.json)."""
+  if debugging(argv or sys.argv):
+    print(f"config:\n{config}", flush=True)
