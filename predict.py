@@ -29,6 +29,7 @@ cli.quiet_native_logs()  # before TensorFlow and JAX are imported
 from absl import flags, logging  # noqa: E402
 
 from lmr_jax import fileio  # noqa: E402
+from lmr_jax.inference import encoder_flags  # noqa: E402
 from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
 from lmr_jax.training import checkpoint  # noqa: E402
 
@@ -65,25 +66,7 @@ _SAVE_FEATURES = flags.DEFINE_string(
     "With --video: keep its feature files under this root (files already there are reused); "
     "default: a temporary directory.",
 )
-_CLIP = flags.DEFINE_string("clip", None, "CLIP checkpoint: video frames and query text.")
-_LLAMA = flags.DEFINE_string("llama", None, "Llama checkpoint: caption and query embeddings.")
-_CAPTIONER = flags.DEFINE_string("captioner", None, "With --video: the captioning video LLM.")
-_EMBEDDING_KEY = flags.DEFINE_string(
-    "embedding_key", "model.embed_tokens.weight", "Name of Llama's embedding table."
-)
-_DEVICE = flags.DEFINE_string(
-    "device", "auto", "torch device: auto (cuda if any), cpu, cuda:1, ..."
-)
-_DTYPE = flags.DEFINE_enum(
-    "dtype", "auto", ["auto", "float16", "bfloat16", "float32"], "torch dtype (as preprocess)."
-)
-_CLIP_FRAMES = flags.DEFINE_integer("clip_frames_per_clip", 1, "Frames CLIP averages per clip.")
-_CAPTION_FRAMES = flags.DEFINE_integer(
-    "caption_frames_per_clip", 8, "Frames the video LLM sees per clip."
-)
-_CAPTION_BATCH = flags.DEFINE_integer("caption_batch_size", 8, "Clips per captioner call.")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Caption length limit in tokens.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the per-clip caption instruction draw.")
+_ENCODERS = encoder_flags.define()
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -122,30 +105,6 @@ def _check_inputs(texts: list[str]) -> None:
     fileio.check_output_file(_OUTPUT.value, inputs, "--output")
 
 
-def _encoders(config):
-  """The torch side, imported only when a raw video or query text needs it."""
-  try:
-    from lmr_jax.inference import encoders
-  except ImportError as e:
-    raise predictor_lib.PredictError(
-        f"--video and --query need preprocess/requirements.txt (torch, transformers, av): {e}"
-    ) from None
-  return encoders.Encoders(
-      config,
-      clip=_CLIP.value,
-      llama=_LLAMA.value,
-      captioner=_CAPTIONER.value,
-      embedding_key=_EMBEDDING_KEY.value,
-      device=_DEVICE.value,
-      dtype=_DTYPE.value,
-      clip_frames_per_clip=_CLIP_FRAMES.value,
-      caption_frames_per_clip=_CAPTION_FRAMES.value,
-      caption_batch_size=_CAPTION_BATCH.value,
-      max_new_tokens=_MAX_NEW_TOKENS.value,
-      seed=_SEED.value,
-  )
-
-
 def records_from_flags() -> list[dict]:
   """The flags checked, the inputs loaded and the records of every query, best moments first."""
   texts = _query_texts()
@@ -157,7 +116,7 @@ def records_from_flags() -> list[dict]:
     predictor_lib.check_raw_video_config(config)
   encoders = None
   if video or texts:
-    encoders = _encoders(config)
+    encoders = _ENCODERS.encoders(config)
     encoders.require(video=bool(video), text=bool(texts))
   features = _FEATURES.value
   if features:  # cheap to read, so a missing file fails before the checkpoint is restored

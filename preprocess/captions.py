@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from preprocess import io_utils, runtime
@@ -46,13 +47,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def caption_video(captioner: Captioner, path: Path, vid: str, args: argparse.Namespace) -> dict:
-  """Captions and instructions for every clip of one video, in clip order."""
+def caption_video(
+    captioner: Captioner,
+    path: Path,
+    vid: str,
+    args: argparse.Namespace,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+  """Captions and instructions for every clip of one video, in clip order; ``on_progress(done,
+  total)`` is called with the clips captioned so far after each batch (the demo's progress bar)."""
   with ClipReader(path, args.clip_len, captioner.frames_per_clip) as clips:
     instructions = sample_instructions(args.seed, vid, clips.num_clips)
     captions: list[str] = []
     for batch in io_utils.batched(clips, args.batch_size):
       captions += captioner.caption(batch, instructions[len(captions) : len(captions) + len(batch)])
+      if on_progress is not None:
+        on_progress(len(captions), clips.num_clips)
   return {
       "vid": vid,
       "model": args.model,

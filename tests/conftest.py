@@ -107,6 +107,74 @@ def tiny_trained(tiny_data_root, tmp_path_factory):
   return config, workdir, metrics
 
 
+CLIP_ONLY_MAX_CLIPS = 12
+# The tiny CLIP's projection and text width, and the tiny Llama's embedding width.
+CLIP_ONLY_DIM = 16
+# Synthetic features with the tiny preprocess models' dims, so one model serves both input paths.
+CLIP_ONLY_DATA = synthetic.SyntheticConfig(
+    seed=5,
+    train_videos=8,
+    val_videos=3,
+    test_videos=2,
+    min_clips=8,
+    max_clips=CLIP_ONLY_MAX_CLIPS,
+    min_event_clips=2,
+    max_event_clips=3,
+    slowfast_dim=4,
+    clip_dim=CLIP_ONLY_DIM,
+    text_dim=CLIP_ONLY_DIM,
+    caption_dim=CLIP_ONLY_DIM,
+)
+TINY_HF_MODELS = ("llama", "llama_sharded", "clip", "llava_next_video", "llava")
+
+
+@pytest.fixture(scope="session")
+def clip_only_trained(tmp_path_factory):
+  """(config, workdir) of a CLIP-only tiny model trained for one epoch on CLIP_ONLY_DATA, which
+  takes raw videos through the tiny preprocessing models (``tiny_hf_models``): predict.py's and
+  demo.py's tests. Trained once per test run; each xdist worker gets its own copy of the workdir."""
+  from lmr_jax.commands import train as train_lib  # noqa: PLC0415 - after the JAX settings above
+
+  def config_at(root):
+    config = tiny_config(os.path.join(root, "data"))
+    config.data.visual_streams, config.data.visual_dims = ("clip_features",), (CLIP_ONLY_DIM,)
+    config.data.query_dim = config.data.caption_dim = CLIP_ONLY_DIM
+    config.data.max_clips = CLIP_ONLY_MAX_CLIPS
+    # One layer per stack: these tests check the plumbing around the model (restore, windows,
+    # encoders, records, the demo page), not its depth, and one layer halves the compilation.
+    config.model.num_vqf_layers = config.model.num_encoder_layers = 1
+    config.model.num_decoder_layers = 1
+    config.num_epochs = 1
+    return config
+
+  def train(root):
+    synthetic.generate(CLIP_ONLY_DATA, os.path.join(root, "data"))
+    train_lib.train_and_evaluate(config_at(root), os.path.join(root, "workdir"))
+
+  trained = _made_once(tmp_path_factory, "clip_only_trained", train)
+  workdir = os.path.join(trained, "workdir")
+  if _XDIST_RUN:
+    workdir = str(tmp_path_factory.mktemp("clip_only_workdir"))
+    shutil.copytree(os.path.join(trained, "workdir"), workdir, dirs_exist_ok=True)
+  return config_at(trained), workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_models(tmp_path_factory):
+  """{name: path} of the tiny random Hugging Face checkpoints (tests/tiny_models.py) with
+  CLIP_ONLY_DIM-wide CLIP and Llama, built once per test run."""
+  import pathlib  # noqa: PLC0415
+
+  from tiny_models import build_checkpoints  # noqa: PLC0415 - torch, only for the tests that need it
+
+  root = _made_once(
+      tmp_path_factory,
+      "tiny_hf_models",
+      lambda path: build_checkpoints(pathlib.Path(path), clip_projection_dim=CLIP_ONLY_DIM),
+  )
+  return {name: pathlib.Path(root) / name for name in TINY_HF_MODELS}
+
+
 def train_on_one_batch(config, steps: int = 8, edit_batch=lambda batch: batch):
   """(train state, losses, batch, train source): ``steps`` jitted train steps of ``config`` on the
   first training batch of 4 (as ``edit_batch`` returns it), the same dropout key each step."""
@@ -226,6 +294,7 @@ def entry_point(script: str):
 SLOW_MODULES_FIRST = (
     "test_parallel.py",
     "test_predict.py",
+    "test_demo.py",
     "test_model.py",
     "test_faults.py",
     "test_resident.py",

@@ -21,7 +21,7 @@ LAYERS = (
     ("lmr_jax.training",),
     ("lmr_jax.evaluation", "lmr_jax.inference"),
     ("lmr_jax.visualization",),
-    ("lmr_jax.commands", "lmr_jax.benchmark", "lmr_jax.port"),
+    ("lmr_jax.commands", "lmr_jax.benchmark", "lmr_jax.port", "lmr_jax.demo"),
 )
 
 

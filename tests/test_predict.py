@@ -14,33 +14,16 @@ import torch
 import transformers
 import av
 
-from conftest import REPO, entry_point, tiny_config  # noqa: E402
-from lmr_jax.data import synthetic  # noqa: E402
+from conftest import CLIP_ONLY_DIM as DIM  # noqa: E402
+from conftest import CLIP_ONLY_MAX_CLIPS as MAX_CLIPS  # noqa: E402
+from conftest import REPO, entry_point  # noqa: E402
 from lmr_jax.evaluation.submission import read_submission  # noqa: E402
 from lmr_jax.inference import encoders as encoders_lib  # noqa: E402
 from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
-from lmr_jax.commands import train as train_lib  # noqa: E402
 from lmr_jax.commands import evaluate as evaluate_lib  # noqa: E402
 from preprocess import captions as captions_lib  # noqa: E402
-from tiny_models import build_checkpoints, write_video  # noqa: E402
+from tiny_models import write_video  # noqa: E402
 
-MAX_CLIPS = 12
-DIM = 16  # the tiny CLIP's projection and text width, and the tiny Llama's embedding width
-# Synthetic features with the tiny preprocess models' dims, so one model serves both input paths.
-DATA = synthetic.SyntheticConfig(
-    seed=5,
-    train_videos=8,
-    val_videos=3,
-    test_videos=2,
-    min_clips=8,
-    max_clips=MAX_CLIPS,
-    min_event_clips=2,
-    max_event_clips=3,
-    slowfast_dim=4,
-    clip_dim=DIM,
-    text_dim=DIM,
-    caption_dim=DIM,
-)
 QUERY_KEYS = {
     "query",
     "vid",
@@ -53,27 +36,14 @@ QUERY_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """(config, workdir) of a CLIP-only tiny model trained for one epoch on DATA."""
-  root = str(tmp_path_factory.mktemp("predict_data"))
-  synthetic.generate(DATA, root)
-  config = tiny_config(root)
-  config.data.visual_streams, config.data.visual_dims = ("clip_features",), (DIM,)
-  config.data.query_dim = config.data.caption_dim = DIM
-  config.data.max_clips = MAX_CLIPS
-  # One layer per stack: these tests check the plumbing around the model (restore, windows, encoders,
-  # records), not its depth, and one layer halves the train step's compilation (~50 s -> ~20 s).
-  config.model.num_vqf_layers = config.model.num_encoder_layers = 1
-  config.model.num_decoder_layers = 1
-  config.num_epochs = 1
-  workdir = str(tmp_path_factory.mktemp("predict_workdir"))
-  train_lib.train_and_evaluate(config, workdir)
-  return config, workdir
+def trained(clip_only_trained):
+  """(config, workdir) of the tiny CLIP-only model (conftest), this worker's copy."""
+  return clip_only_trained
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-  return build_checkpoints(tmp_path_factory.mktemp("hf"), clip_projection_dim=DIM)
+def models(tiny_hf_models):
+  return tiny_hf_models
 
 
 @pytest.fixture(scope="module")

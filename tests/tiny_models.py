@@ -142,10 +142,11 @@ def frame_level(index: int) -> int:
   return (index * 9) % 250
 
 
-def write_video(path: Path, seconds: float, first_pts: int = 0) -> None:
-  """A 64x64, 4 fps mpeg4 file; `first_pts` > 0 makes the stream start after 0 s, as cut clips often do."""
+def write_video(path: Path, seconds: float, first_pts: int = 0, codec: str = "mpeg4") -> None:
+  """A 64x64, 4 fps file; `first_pts` > 0 makes the stream start after 0 s, as cut clips often do.
+  `codec` "libvpx-vp9" (in .webm) gives a file every browser plays."""
   with av.open(str(path), "w") as container:
-    stream = container.add_stream("mpeg4", rate=FPS)
+    stream = container.add_stream(codec, rate=FPS)
     stream.width = stream.height = 64
     stream.pix_fmt = "yuv420p"
     for i in range(int(seconds * FPS)):

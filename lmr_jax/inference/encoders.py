@@ -13,6 +13,7 @@ import argparse
 import functools
 import os
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -31,6 +32,15 @@ from preprocess.text_features import ClipTextEncoder, write_caption_features
 from preprocess.video_io import ClipReader
 
 CLIP_BATCH_SIZE = 64  # clips per CLIP forward pass, preprocess.clip_features' default
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def quiet_model_loading() -> None:
+  """No per-checkpoint "Loading weights" progress bars from transformers: an entry point's stderr
+  stays for the lines that matter (its one error line, its log)."""
+  import transformers  # noqa: PLC0415 - already imported by preprocess; named here for the call
+
+  transformers.utils.logging.disable_progress_bar()
 
 
 def _missing(flag: str, purpose: str) -> PredictError:
@@ -119,6 +129,20 @@ class Encoders:
       if not self.checkpoints[flag]:
         raise _missing(flag, purpose)
 
+  def load(self, video: bool, text: bool) -> None:
+    """Loads every model ``require`` asks for, checking its dims: a server (demo.py) loads them once
+    and fails at its start, not at its first request."""
+    self.require(video=video, text=text)
+    needed = []
+    if text:
+      needed.append("llama" if self.llama_query_tokens else "clip_text")
+    if self.config.model.use_caption_context:
+      needed += ["llama"] + ["captioner"] * video
+    if video:
+      needed.append("clip_image")
+    for name in needed:
+      getattr(self, name)
+
   def _torch(self, half_on_gpu: bool) -> tuple[torch.device, torch.dtype]:
     return runtime.resolve(
         argparse.Namespace(device=self.device, dtype=self.dtype, half_on_gpu=half_on_gpu)
@@ -187,9 +211,18 @@ class Encoders:
     tokens = llama_tokens if self.llama_query_tokens else self.clip_text(text)
     return predictor_lib.query_inputs(self.config, text, tokens, llama_tokens)
 
-  def write_video_features(self, video: str | os.PathLike, feat_root: str | os.PathLike, vid: str):
+  def write_video_features(
+      self,
+      video: str | os.PathLike,
+      feat_root: str | os.PathLike,
+      vid: str,
+      on_progress: Progress | None = None,
+  ):
     """Writes ``vid``'s feature files for ``video`` under ``feat_root`` (a file already there is
-    kept, as the preprocess CLIs resume) and returns the video's duration in seconds."""
+    kept, as the preprocess CLIs resume) and returns the video's duration in seconds.
+    ``on_progress(stage, done, total)`` follows the work: "clip features" and "captions" count
+    clips, "caption embeddings" the one file."""
+    report = on_progress or (lambda stage, done, total: None)
     predictor_lib.check_raw_video_config(self.config)
     data, root = self.config.data, Path(feat_root)
     clip_path = root / "clip_features" / f"{vid}.npz"
@@ -199,16 +232,19 @@ class Encoders:
       with ClipReader(video, data.clip_len, self.clip_frames_per_clip) as clips:
         duration = clips.duration
         if encoder is not None:
-          batches = io_utils.batched(clips, CLIP_BATCH_SIZE)
-          io_utils.save_npz(clip_path, features=np.concatenate([encoder(b) for b in batches]))
+          features = []
+          for batch in io_utils.batched(clips, CLIP_BATCH_SIZE):
+            features.append(encoder(batch))
+            report("clip features", sum(map(len, features)), clips.num_clips)
+          io_utils.save_npz(clip_path, features=np.concatenate(features))
     except (av.FFmpegError, ValueError) as e:
       reason = (str(e).splitlines() or [""])[0][:300]
       raise PredictError(f"{video}: unreadable video ({type(e).__name__}: {reason})") from None
     if self.config.model.use_caption_context:
-      self._write_captions(Path(video), root, vid)
+      self._write_captions(Path(video), root, vid, report)
     return duration
 
-  def _write_captions(self, video: Path, root: Path, vid: str) -> None:
+  def _write_captions(self, video: Path, root: Path, vid: str, report: Progress) -> None:
     """captions/{vid}.json, then caption_features/{vid}.npz, as preprocess.captions and
     preprocess.text_features write them."""
     captions_path = root / "captions" / f"{vid}.json"
@@ -220,7 +256,15 @@ class Encoders:
           seed=self.seed,
           model=self.checkpoints["captioner"],
       )
-      record = captions_lib.caption_video(self.captioner, video, vid, options)
+      record = captions_lib.caption_video(
+          self.captioner,
+          video,
+          vid,
+          options,
+          on_progress=lambda done, total: report("captions", done, total),
+      )
       io_utils.save_json(captions_path, record)
     if not features_path.exists():
+      report("caption embeddings", 0, 1)
       write_caption_features(captions_path, features_path, self.llama)
+      report("caption embeddings", 1, 1)

@@ -1,0 +1,107 @@
+r"""A web page that finds the moments of free-text queries in a video, with a trained LMR workdir.
+
+  python demo.py --workdir=workdir/qvh_clip --clip=openai/clip-vit-base-patch32 \
+      --llama=meta-llama/Llama-2-7b-hf --captioner=llava-hf/LLaVA-NeXT-Video-7B-hf
+  python demo.py --workdir=workdir/qvh --features=data/qvhighlights/features \
+      --videos=data/qvhighlights/videos --clip=openai/clip-vit-base-patch32 \
+      --llama=meta-llama/Llama-2-7b-hf
+
+Serves http://127.0.0.1:7860 (--host, --port). Upload a video, or pick one of --features' videos
+(models with SlowFast features take only those), type queries, and get the top moments on a timeline
+(a click plays the moment), the per-clip saliency curve, the clip captions the video LLM wrote, and
+the predictions as predict.py's JSON Lines. The model and the frozen preprocessing models load once,
+at start (as predict.py takes them: --clip, --llama, --captioner, local paths or hub ids); a bad flag,
+workdir or model exits with one line, status 1. An upload's features are kept in --cache_dir.
+"""
+
+import os
+import tempfile
+
+from lmr_jax import cli
+
+cli.quiet_native_logs()  # before TensorFlow and JAX are imported
+
+from absl import flags, logging  # noqa: E402
+
+from lmr_jax import fileio  # noqa: E402
+from lmr_jax.inference import encoder_flags  # noqa: E402
+from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
+from lmr_jax.training import checkpoint  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (config.json and checkpoints).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+_FEATURES = flags.DEFINE_string(
+    "features", None, "A feature root (docs/data_layout.md) whose videos the page lists."
+)
+_VIDEOS = flags.DEFINE_string(
+    "videos", None, "With --features: a folder of their raw files ({vid}.mp4, ...) for the player."
+)
+_TOP_K = flags.DEFINE_integer("top_k", 10, "Moments per query, best first.")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to serve on (0.0.0.0: every interface).")
+_PORT = flags.DEFINE_integer("port", 7860, "Port to serve on.")
+_CACHE_DIR = flags.DEFINE_string(
+    "cache_dir",
+    None,
+    "Where uploads' features and the predictions go (default: a temporary folder).",
+)
+_ENCODERS = encoder_flags.define()
+flags.mark_flags_as_required(["workdir"])
+
+
+def _check_flags() -> None:
+  features, videos = _FEATURES.value, _VIDEOS.value
+  if features and not os.path.isdir(features):
+    raise predictor_lib.PredictError(f"{features}: no such feature directory (--features)")
+  if videos and not features:
+    raise predictor_lib.PredictError("--videos goes with --features")
+  if videos and not os.path.isdir(videos):
+    raise predictor_lib.PredictError(f"{videos}: no such folder (--videos)")
+  if not 0 < _PORT.value < 65536:
+    raise predictor_lib.PredictError(f"--port must be in [1, 65535], got {_PORT.value}")
+  if _CACHE_DIR.value:
+    os.makedirs(_CACHE_DIR.value, exist_ok=True)
+    fileio.check_writable_folder(_CACHE_DIR.value, "--cache_dir")
+
+
+def load_session():
+  """The workdir's model and the preprocessing models, loaded and checked before the page exists."""
+  from lmr_jax.demo import session as session_lib
+
+  _check_flags()
+  config = predictor_lib.load_workdir_config(_WORKDIR.value)
+  predictor_lib.check_options(config, _TOP_K.value, None, 0.5)
+  raw_videos = True
+  try:
+    predictor_lib.check_raw_video_config(config)
+  except predictor_lib.PredictError:
+    if not _FEATURES.value:
+      raise
+    raw_videos = False  # the page serves --features' videos only
+  encoders = _ENCODERS.encoders(config)
+  encoders.load(video=raw_videos, text=True)
+  predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value, config)
+  cache_dir = _CACHE_DIR.value or tempfile.mkdtemp(prefix="lmr_demo_")
+  return session_lib.DemoSession(
+      predictor, encoders, cache_dir, _FEATURES.value, _VIDEOS.value, _TOP_K.value
+  )
+
+
+def main():
+  checkpoint.quiet_orbax_logs()
+  os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
+  session = load_session()
+  from lmr_jax.demo import page as page_lib  # Gradio, imported once the models are in
+
+  page = page_lib.build(session, _WORKDIR.value)
+  logging.info("serving %s on http://%s:%d", _WORKDIR.value, _HOST.value, _PORT.value)
+  page.queue(default_concurrency_limit=1).launch(
+      server_name=_HOST.value,
+      server_port=_PORT.value,
+      ssr_mode=False,
+      show_error=False,
+      **page_lib.launch_options(session),
+  )
+
+
+if __name__ == "__main__":
+  raise SystemExit(cli.run_absl(main, __doc__))

@@ -1,0 +1,152 @@
+"""The demo's web page (Gradio): a video and queries in; the moments timeline, the saliency curve,
+the clip captions and a predict.py JSON Lines download out.
+
+Every request goes through one handler that turns any failure into one message in the page (the
+status box): a user error (``LmrError``: an unreadable video, no query, features that do not fit the
+model) as its own line, anything else as its exception type with the traceback in the server's log
+only. Gradio is imported only by this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from lmr_jax import fileio
+from lmr_jax.demo import session as session_lib
+from lmr_jax.demo import views
+from lmr_jax.errors import LmrError
+
+logger = logging.getLogger("lmr_jax.demo")
+
+HELP = (
+    "Upload a video (or pick one with precomputed features), write one query per line and press "
+    "**Find moments**. The captioner writes one caption per clip first (the context LMR reads; a "
+    "video's captions are kept, so later queries about it are fast). Click a moment to play it."
+)
+
+
+def _header(session: session_lib.DemoSession, workdir: str) -> str:
+  config = session.config
+  captions = "on" if config.model.use_caption_context else "off"
+  return (
+      f"# LMR: moments of a sentence in a video\n{HELP}\n\n"
+      f"Model: `{workdir}` (step {session.predictor.step}; {config.data.name}, "
+      f"{config.data.clip_len:g} s clips, caption context {captions}, top {session.top_k} moments)."
+  )
+
+
+def _write_predictions(records: list[dict], out_dir: Path) -> str:
+  """predict.py's JSON Lines, in a fresh folder per request (the page links to it)."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = Path(tempfile.mkdtemp(prefix="request_", dir=out_dir)) / "predictions.jsonl"
+  fileio.write_jsonl(str(path), records)
+  return str(path)
+
+
+def _empty_outputs(status_html: str):
+  return status_html, "", None, [], None
+
+
+class Handlers:
+  """The page's event functions, bound to one session."""
+
+  def __init__(self, session: session_lib.DemoSession):
+    self.session = session
+
+  def answer(self, video, vid, text, progress=gr.Progress()):
+    """(status, timeline, saliency, captions, download) for the request; one message on failure."""
+    try:
+      if vid:
+        answer = self.session.answer_features(vid, text)
+      else:
+        answer = self.session.answer_upload(
+            video, text, on_progress=lambda fraction, what: progress(fraction, desc=what)
+        )
+      download = _write_predictions(answer.records, self.session.cache_dir / "predictions")
+    except (LmrError, OSError) as e:
+      logger.info("request refused: %s", e)
+      return _empty_outputs(views.error_html(str(e)))
+    except Exception as e:  # a bug: the page gets one line, the log the traceback
+      logger.exception("request failed")
+      return _empty_outputs(
+          views.error_html(f"internal error ({type(e).__name__}); the server log has the details")
+      )
+    return (
+        "",
+        views.timeline_html(answer.records),
+        pd.DataFrame(views.saliency_rows(answer.records)),
+        views.caption_rows(answer.captions),
+        download,
+    )
+
+  def pick_feature_video(self, vid):
+    """The player shows the picked video's raw file, where ``--videos`` has one."""
+    return self.session.video_file(vid) if vid else None
+
+
+def build(session: session_lib.DemoSession, workdir: str) -> gr.Blocks:
+  """The page; ``launch_options`` holds what ``Blocks.launch`` needs with it."""
+  handlers = Handlers(session)
+  vids = session.feature_vids()
+  with gr.Blocks(title="LMR moment retrieval") as page:
+    gr.Markdown(_header(session, workdir))
+    with gr.Row():
+      with gr.Column(scale=1):
+        player = gr.Video(label="Video", sources=["upload"], elem_id="lmr-player")
+        feature_video = gr.Dropdown(
+            choices=vids,
+            value=None,
+            label="...or a video with precomputed features",
+            visible=bool(vids),
+            elem_id="lmr-feature-video",
+        )
+        queries = gr.Textbox(
+            label="Queries (one per line)",
+            lines=3,
+            placeholder="a man cooks pasta in a kitchen",
+            elem_id="lmr-queries",
+        )
+        run = gr.Button("Find moments", variant="primary", elem_id="lmr-run")
+        status = gr.HTML(elem_id="lmr-status")
+      with gr.Column(scale=1):
+        timeline = gr.HTML(label="Top moments", elem_id="lmr-timeline")
+        saliency = gr.LinePlot(
+            x="time (s)",
+            y="saliency",
+            color="query",
+            label="Clip saliency",
+            elem_id="lmr-saliency",
+        )
+        captions = gr.Dataframe(
+            headers=["clip", "caption", "instruction"],
+            label="Clip captions (what the model read)",
+            interactive=False,
+            wrap=True,
+            elem_id="lmr-captions",
+        )
+        download = gr.File(label="Predictions (predict.py JSON Lines)", elem_id="lmr-download")
+    run.click(
+        handlers.answer,
+        inputs=[player, feature_video, queries],
+        outputs=[status, timeline, saliency, captions, download],
+    )
+    # An upload replaces a picked feature video; picking one shows its raw file, if there is one.
+    player.upload(lambda: None, outputs=feature_video)
+    feature_video.input(handlers.pick_feature_video, inputs=feature_video, outputs=player)
+  return page
+
+
+def launch_options(session: session_lib.DemoSession) -> dict:
+  """The page's script and style, and the folders it may serve files from."""
+  allowed = [str(session.cache_dir)] + [p for p in (session.videos,) if p]
+  return {
+      "js": views.SEEK_JS,
+      "css": views.CSS,
+      "allowed_paths": [os.path.abspath(p) for p in allowed],
+  }

@@ -1,0 +1,170 @@
+"""What the demo page asks of a trained workdir, without the page: a video (an upload, or one with
+precomputed features) and free-text queries in, predict.py's records and the clip captions out.
+
+An uploaded video goes through the very steps of ``predict.py --video`` (``Encoders`` writes its
+feature files, the loaders read them back, ``Predictor`` predicts in sliding windows), so the page
+shows what predict.py prints. Its files are kept under ``cache_dir``, named by the video's content,
+so a second question about the same video skips CLIP and the captioner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from lmr_jax.errors import LmrError
+from lmr_jax.inference import predictor as predictor_lib
+
+MAX_QUERIES = 20  # one page request; each query is a model row per window
+Progress = Callable[[float, str], None]  # (fraction done, what is running)
+# Share of the work each stage of a new upload takes (captioning dominates), for one progress bar.
+STAGES = {
+    "clip features": (0.0, 0.15),
+    "captions": (0.15, 0.85),
+    "caption embeddings": (0.85, 0.9),
+}
+
+
+class DemoError(LmrError):
+  """Input the page cannot answer; the message is the one line the page shows."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  """One request's results: predict.py records (one per query, in the order asked) and, where the
+  video has them, its clip captions as the model read them."""
+
+  records: list[dict]
+  captions: list[dict]  # [{"start", "end", "caption", "instruction"}] in clip order; [] if none
+  video_name: str
+
+
+def parse_queries(text: str | None) -> list[str]:
+  """One query per non-empty line."""
+  queries = [line.strip() for line in (text or "").splitlines() if line.strip()]
+  if not queries:
+    raise DemoError("enter a query: one sentence per line")
+  if len(queries) > MAX_QUERIES:
+    raise DemoError(f"at most {MAX_QUERIES} queries at a time, got {len(queries)}")
+  return queries
+
+
+def _content_id(path: str) -> str:
+  """A file name for the video's features: its name and a hash of its bytes."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem)[:48] or "video"
+  return f"{stem}_{digest.hexdigest()[:12]}"
+
+
+def read_captions(feat_root: str | os.PathLike, vid: str, duration: float) -> list[dict]:
+  """``captions/{vid}.json`` (preprocess.captions' record) as rows with clip times (the last clip
+  ends with the video); [] if absent."""
+  path = Path(feat_root) / "captions" / f"{vid}.json"
+  if not path.exists():
+    return []
+  try:
+    record = json.loads(path.read_text(encoding="utf-8"))
+    captions, clip_len = record["captions"], float(record["clip_len"])
+    instructions = record.get("instructions") or [""] * len(captions)
+  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    raise DemoError(f"{path}: unreadable captions record ({type(e).__name__}: {e})") from None
+  return [
+      {
+          "start": i * clip_len,
+          "end": min((i + 1) * clip_len, duration),
+          "caption": c,
+          "instruction": ins,
+      }
+      for i, (c, ins) in enumerate(zip(captions, instructions))
+  ]
+
+
+class DemoSession:
+  """A restored workdir and its frozen encoders, loaded once for every request of the page.
+
+  ``encoders`` may be None for a model served on precomputed features only with annotated queries;
+  the page needs free text, so demo.py always passes them. ``features``: a feature root whose
+  videos the page lists; ``videos``: a folder of their raw files, for the player.
+  """
+
+  def __init__(
+      self,
+      predictor: predictor_lib.Predictor,
+      encoders,
+      cache_dir: str | os.PathLike,
+      features: str | None = None,
+      videos: str | None = None,
+      top_k: int = 10,
+  ):
+    predictor_lib.check_options(predictor.config, top_k, None, 0.5)
+    self.predictor, self.encoders = predictor, encoders
+    self.cache_dir = Path(cache_dir)
+    self.features, self.videos, self.top_k = features, videos, top_k
+
+  @property
+  def config(self):
+    return self.predictor.config
+
+  def feature_vids(self) -> list[str]:
+    """The videos under ``features`` with every file the model reads (their first visual stream's
+    names; the loaders check the rest)."""
+    if not self.features:
+      return []
+    stream = Path(self.features) / self.config.data.visual_streams[0]
+    return sorted(p.stem for p in stream.glob("*.npz"))
+
+  def video_file(self, vid: str) -> str | None:
+    """The raw file of a feature video in ``videos`` (any extension), for the player."""
+    if not self.videos:
+      return None
+    matches = sorted(Path(self.videos).glob(f"{glob.escape(vid)}.*"))
+    return str(matches[0]) if matches else None
+
+  def answer_upload(
+      self, video: str | None, text: str | None, on_progress: Progress | None = None
+  ) -> Answer:
+    """Moments of each query in an uploaded video file (its features cached by content)."""
+    report = on_progress or (lambda fraction, what: None)
+    queries = parse_queries(text)
+    if not video:
+      raise DemoError("upload a video, or pick one with precomputed features")
+    predictor_lib.check_raw_video_config(self.config)
+    name = os.path.basename(video)
+    vid = _content_id(video)
+    feat_root = self.cache_dir / "features"
+
+    def stage_progress(stage: str, done: int, total: int) -> None:
+      low, high = STAGES[stage]
+      report(low + (high - low) * done / max(total, 1), f"{stage}: {done}/{total}")
+
+    try:
+      duration = self.encoders.write_video_features(video, feat_root, vid, stage_progress)
+    except predictor_lib.PredictError as e:  # name the user's file, not the upload's temp path
+      raise DemoError(str(e).replace(str(video), name)) from None
+    inputs = predictor_lib.load_video_inputs(self.config, str(feat_root), vid, duration)
+    report(0.9, "predicting")
+    records = self._predict(inputs, queries, video=name)
+    return Answer(records, read_captions(feat_root, vid, inputs.duration), name)
+
+  def answer_features(self, vid: str | None, text: str | None) -> Answer:
+    """Moments of each query in a video of the ``features`` root."""
+    queries = parse_queries(text)
+    if not vid or vid not in self.feature_vids():
+      raise DemoError(f"no video {vid!r} with precomputed features under {self.features}")
+    inputs = predictor_lib.load_video_inputs(self.config, self.features, vid)
+    records = self._predict(inputs, queries, video=self.video_file(vid))
+    return Answer(records, read_captions(self.features, vid, inputs.duration), vid)
+
+  def _predict(self, inputs, queries: list[str], video: str | None) -> list[dict]:
+    encoded = [self.encoders.query(text) for text in queries]
+    records = self.predictor.predict(inputs, encoded, self.top_k)
+    return [{**r, "video": video} if video else r for r in records]
