@@ -75,6 +75,17 @@ def _made_once(tmp_path_factory, name: str, make) -> str:
   return path
 
 
+def _workers_own(tmp_path_factory, made_once: str, name: str) -> str:
+  """The workdir under a ``_made_once`` folder, copied for this xdist worker (what one worker's tests
+  write there, evaluations say, no other worker sees); without xdist the folder's own."""
+  workdir = os.path.join(made_once, "workdir")
+  if not _XDIST_RUN:
+    return workdir
+  copy = str(tmp_path_factory.mktemp(name))
+  shutil.copytree(workdir, copy, dirs_exist_ok=True)
+  return copy
+
+
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory):
   return _made_once(
@@ -86,8 +97,7 @@ def tiny_data_root(tmp_path_factory):
 def tiny_trained(tiny_data_root, tmp_path_factory):
   """(config, workdir, final metrics) of one training run of configs/tiny.py on the session's 4
   devices (2 epochs, a checkpoint every 3 steps and per epoch), shared by the tests that read a trained
-  workdir. Trained once per test run; each xdist worker gets its own copy of the workdir, so what one
-  test writes there (evaluations) no other worker sees."""
+  workdir. Trained once per test run; each xdist worker gets its own copy of the workdir."""
   from lmr_jax.commands import train as train_lib  # noqa: PLC0415 - after the JAX settings above
 
   config = tiny_config(tiny_data_root)
@@ -100,11 +110,7 @@ def tiny_trained(tiny_data_root, tmp_path_factory):
   trained = _made_once(tmp_path_factory, "tiny_trained", train)
   with open(os.path.join(trained, "metrics.pickle"), "rb") as f:
     metrics = pickle.load(f)
-  workdir = os.path.join(trained, "workdir")
-  if _XDIST_RUN:
-    workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
-    shutil.copytree(os.path.join(trained, "workdir"), workdir, dirs_exist_ok=True)
-  return config, workdir, metrics
+  return config, _workers_own(tmp_path_factory, trained, "tiny_workdir"), metrics
 
 
 CLIP_ONLY_MAX_CLIPS = 12
@@ -152,11 +158,7 @@ def clip_only_trained(tmp_path_factory):
     train_lib.train_and_evaluate(config_at(root), os.path.join(root, "workdir"))
 
   trained = _made_once(tmp_path_factory, "clip_only_trained", train)
-  workdir = os.path.join(trained, "workdir")
-  if _XDIST_RUN:
-    workdir = str(tmp_path_factory.mktemp("clip_only_workdir"))
-    shutil.copytree(os.path.join(trained, "workdir"), workdir, dirs_exist_ok=True)
-  return config_at(trained), workdir
+  return config_at(trained), _workers_own(tmp_path_factory, trained, "clip_only_workdir")
 
 
 @pytest.fixture(scope="session")

@@ -122,7 +122,7 @@ def test_an_upload_is_answered_as_predict_answers_it_and_cached(session, video, 
 
 
 def test_a_feature_video_is_answered_from_its_files(session):
-  vid = session.feature_vids()[0]
+  vid = session.feature_vids[0]
   answer = session.answer_features(vid, "woman talks to camera")
   assert answer.records[0]["vid"] == vid and answer.captions == []  # synthetic data: no captions
   assert len(answer.records[0]["pred_relevant_windows"]) == 5
@@ -147,7 +147,7 @@ def test_bad_requests_are_one_line_messages(session, tiny_data_root, tmp_path, c
       session.predictor, session.encoders, tmp_path, os.path.join(tiny_data_root, "features")
   )
   request = {
-      "features of another model": lambda: other.answer_features(other.feature_vids()[0], "a man"),
+      "features of another model": lambda: other.answer_features(other.feature_vids[0], "a man"),
       "no query": lambda: session.answer_upload(str(broken), " \n "),
       "too many queries": lambda: session.answer_upload(str(broken), "q\n" * 21),
       "no video": lambda: session.answer_upload(None, "a man"),

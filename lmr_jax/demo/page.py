@@ -93,7 +93,7 @@ class Handlers:
 def build(session: session_lib.DemoSession, workdir: str) -> gr.Blocks:
   """The page; ``launch_options`` holds what ``Blocks.launch`` needs with it."""
   handlers = Handlers(session)
-  vids = session.feature_vids()
+  vids = session.feature_vids
   with gr.Blocks(title="LMR moment retrieval") as page:
     gr.Markdown(_header(session, workdir))
     with gr.Row():
@@ -144,7 +144,7 @@ def build(session: session_lib.DemoSession, workdir: str) -> gr.Blocks:
 
 def launch_options(session: session_lib.DemoSession) -> dict:
   """The page's script and style, and the folders it may serve files from."""
-  allowed = [str(session.cache_dir)] + [p for p in (session.videos,) if p]
+  allowed = [session.cache_dir] + ([session.videos] if session.videos else [])
   return {
       "js": views.SEEK_JS,
       "css": views.CSS,

@@ -89,11 +89,9 @@ def read_captions(feat_root: str | os.PathLike, vid: str, duration: float) -> li
 
 
 class DemoSession:
-  """A restored workdir and its frozen encoders, loaded once for every request of the page.
-
-  ``encoders`` may be None for a model served on precomputed features only with annotated queries;
-  the page needs free text, so demo.py always passes them. ``features``: a feature root whose
-  videos the page lists; ``videos``: a folder of their raw files, for the player.
+  """A restored workdir and its frozen encoders (``Encoders``; queries are free text, so they are
+  always needed), loaded once for every request of the page. ``features``: a feature root whose
+  videos the page lists (read once, here); ``videos``: a folder of their raw files, for the player.
   """
 
   def __init__(
@@ -109,18 +107,16 @@ class DemoSession:
     self.predictor, self.encoders = predictor, encoders
     self.cache_dir = Path(cache_dir)
     self.features, self.videos, self.top_k = features, videos, top_k
+    # The videos the page lists and a request may name: those with a file of the first visual
+    # stream (the loaders check the rest when one is asked for).
+    self.feature_vids: list[str] = []
+    if features:
+      stream = Path(features) / predictor.config.data.visual_streams[0]
+      self.feature_vids = sorted(p.stem for p in stream.glob("*.npz"))
 
   @property
   def config(self):
     return self.predictor.config
-
-  def feature_vids(self) -> list[str]:
-    """The videos under ``features`` with every file the model reads (their first visual stream's
-    names; the loaders check the rest)."""
-    if not self.features:
-      return []
-    stream = Path(self.features) / self.config.data.visual_streams[0]
-    return sorted(p.stem for p in stream.glob("*.npz"))
 
   def video_file(self, vid: str) -> str | None:
     """The raw file of a feature video in ``videos`` (any extension), for the player."""
@@ -158,7 +154,7 @@ class DemoSession:
   def answer_features(self, vid: str | None, text: str | None) -> Answer:
     """Moments of each query in a video of the ``features`` root."""
     queries = parse_queries(text)
-    if not vid or vid not in self.feature_vids():
+    if not vid or vid not in self.feature_vids:
       raise DemoError(f"no video {vid!r} with precomputed features under {self.features}")
     inputs = predictor_lib.load_video_inputs(self.config, self.features, vid)
     records = self._predict(inputs, queries, video=self.video_file(vid))
