@@ -58,8 +58,7 @@ def _check_flags() -> None:
     raise predictor_lib.PredictError(f"{videos}: no such folder (--videos)")
   if not 0 < _PORT.value < 65536:
     raise predictor_lib.PredictError(f"--port must be in [1, 65535], got {_PORT.value}")
-  if _CACHE_DIR.value:
-    os.makedirs(_CACHE_DIR.value, exist_ok=True)
+  if _CACHE_DIR.value:  # made by the first write into it, so a refused start leaves nothing behind
     fileio.check_writable_folder(_CACHE_DIR.value, "--cache_dir")
 
 
