@@ -146,10 +146,6 @@ def clip_only_trained(tmp_path_factory):
     config.data.visual_streams, config.data.visual_dims = ("clip_features",), (CLIP_ONLY_DIM,)
     config.data.query_dim = config.data.caption_dim = CLIP_ONLY_DIM
     config.data.max_clips = CLIP_ONLY_MAX_CLIPS
-    # One layer per stack: these tests check the plumbing around the model (restore, windows,
-    # encoders, records, the demo page), not its depth, and one layer halves the compilation.
-    config.model.num_vqf_layers = config.model.num_encoder_layers = 1
-    config.model.num_decoder_layers = 1
     config.num_epochs = 1
     return config
 

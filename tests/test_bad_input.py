@@ -470,9 +470,6 @@ def _k_config(root, k):
   config.model.num_queries = k
   config.data.max_windows = 5
   config.optim.learning_rate = 1e-3  # so that a few steps on one batch show the loss falling
-  # One layer of each kind: k only changes the decoder's query count and the matching.
-  config.model.num_vqf_layers = config.model.num_encoder_layers = 1
-  config.model.num_decoder_layers = 1
   return config
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -16,11 +17,18 @@ def cfg() -> ml_collections.ConfigDict:
   return base.get_base_config().loss
 
 
+def _moment_losses(*arrays_and_cfg):
+  """losses.moment_losses, jitted as training runs it: one compilation instead of one per op (the
+  matcher's loops make eager calls slow)."""
+  *arrays, cfg = arrays_and_cfg
+  return jax.jit(lambda *a: losses.moment_losses(*a, cfg))(*arrays)
+
+
 def _moment(cfg, target_se):
   pred_cxw = jnp.array([[[0.5, 0.2], [0.3, 0.2]]])  # p0 = [0.4, 0.6], p1 = [0.2, 0.4]
   logits = jnp.array([[[0.0, 1.0], [2.0, 0.0]]])
   windows = jnp.array([[target_se, [0.0, 0.0]]])
-  return losses.moment_losses(
+  return _moment_losses(
       pred_cxw, logits, windows, jnp.array([[True, False]]), jnp.array([True]), cfg
   )
 
@@ -45,7 +53,7 @@ def test_padded_examples_contribute_nothing(cfg):
   pred = jnp.array([[[0.5, 0.2]], [[0.9, 0.1]]])
   logits = jnp.zeros((2, 1, 2))
   windows = jnp.array([[[0.4, 0.6]], [[0.0, 0.5]]])
-  terms = losses.moment_losses(
+  terms = _moment_losses(
       pred, logits, windows, jnp.array([[True], [True]]), jnp.array([True, False]), cfg
   )
   assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
@@ -65,9 +73,7 @@ def test_matching_with_fewer_queries_than_windows(cfg):
   pred = jnp.array([[[0.3, 0.2]]])  # [0.2, 0.4]
   logits = jnp.array([[[2.0, 0.0]]])
   windows = jnp.array([[[0.6, 0.9], [0.2, 0.4]]])
-  terms = losses.moment_losses(
-      pred, logits, windows, jnp.array([[True, True]]), jnp.array([True]), cfg
-  )
+  terms = _moment_losses(pred, logits, windows, jnp.array([[True, True]]), jnp.array([True]), cfg)
   assert float(terms["span_l1"]) == pytest.approx(0.0, abs=1e-6)
   assert float(terms["label"]) == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-5)
 
@@ -109,7 +115,7 @@ def test_total_loss_weights_every_term(cfg):
       "saliency_pos": jnp.asarray(rng.integers(0, 6, (3, 2)), jnp.int32),
       "saliency_neg": jnp.asarray(rng.integers(0, 6, (3, 2)), jnp.int32),
   }
-  loss, terms = losses.total_loss(outputs, batch, cfg)
+  loss, terms = jax.jit(lambda o, b: losses.total_loss(o, b, cfg))(outputs, batch)
   weights = {
       "span_l1": 10,
       "span_giou": 1,
@@ -122,5 +128,5 @@ def test_total_loss_weights_every_term(cfg):
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   assert "aux0/span_l1" in terms
   cfg.aux_layers = False
-  _, terms = losses.total_loss(outputs, batch, cfg)
+  _, terms = jax.jit(lambda o, b: losses.total_loss(o, b, cfg))(outputs, batch)
   assert "aux0/span_l1" not in terms

@@ -1,5 +1,7 @@
 """LMR forward: shapes, masks (padding never changes real outputs), and every ablation switch."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.extend
@@ -154,7 +156,7 @@ def test_dropout_only_in_training(setup):
   from it (same key: same outputs, other key: other outputs, unlike evaluation's). In a run of the
   file, both compilations are other tests' (the session's persistent compilation cache)."""
   config, batch = setup
-  assert config.model.dropout > 0 and config.model.input_dropout > 0
+  assert config.model.input_dropout > 0  # the tiny config's only dropout
   evaluate, train = _applier(config.model, train=False), _applier(config.model, train=True)
   key_a, key_b = jax.random.key(1), jax.random.key(2)
   _, eval_a = evaluate(batch, key_a)
@@ -191,7 +193,9 @@ def test_attention_paths_agree_at_qvhighlights_shapes(
   mask = layers.key_mask(np.arange(k_len)[None] < lengths[:, None], q_len)[:, None]  # (B, 1, Q, K)
   cotangent = rng.normal(size=qkv[0].shape).astype(np.float32)
 
-  def outputs_and_grads(implementation):
+  # The arrays are arguments, not constants closed over: XLA would constant-fold the whole attention
+  # and its gradient at compile time (a minute per case on this CPU).
+  def outputs_and_grads(implementation, qkv, mask, cotangent):
     attention = lambda q, k, v: layers.dot_product_attention(  # noqa: E731
         q,
         k,
@@ -211,9 +215,9 @@ def test_attention_paths_agree_at_qvhighlights_shapes(
     return chunk_counts[-1]
 
   monkeypatch.setattr(layers, "_num_chunks", counted)
-  chunked = jax.jit(lambda: outputs_and_grads("chunked"))()
+  chunked = jax.jit(functools.partial(outputs_and_grads, "chunked"))(qkv, mask, cotangent)
   assert chunk_counts == [chunks]  # (B, 8, Q, K) float32 logits of B / chunks rows fit in 3 MiB
-  batched = jax.jit(lambda: outputs_and_grads("einsum"))()
+  batched = jax.jit(functools.partial(outputs_and_grads, "einsum"))(qkv, mask, cotangent)
   assert len(chunk_counts) == 1  # the einsum path does not chunk
   for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(batched)):  # out, dq, dk, dv
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # values of ~1: float32 round-off

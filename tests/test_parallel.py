@@ -42,6 +42,19 @@ def runs(tiny_data_root, tiny_trained, tmp_path_factory):
   return results
 
 
+def _assert_same_params(want, got):
+  """Equal within PARAM_ATOL, each leaf of ``got`` on one device."""
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
+    assert len(b.sharding.device_set) == 1
+    name = jax.tree_util.keystr(path)
+    if "['k_proj']['bias']" in name:
+      # Softmax ignores a bias added to every key, so this gradient is zero up to round-off, and Adam
+      # normalises that noise into steps of its own: the runs agree only in keeping it near zero.
+      assert np.abs(np.asarray(a)).max() < 1e-3 and np.abs(np.asarray(b)).max() < 1e-3, name
+      continue
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL, err_msg=name)
+
+
 @pytest.mark.parametrize("name", ["four", "fsdp"])
 def test_four_devices_train_like_one(runs, name):
   config, one_dir, one_metrics = runs["one"]
@@ -57,16 +70,7 @@ def test_four_devices_train_like_one(runs, name):
   # Saved on 4 devices, restored on 1.
   other_state = restore_checkpoint(runs[name][0], other_dir, num_devices=1)[0]
   assert int(one_state.step) == int(other_state.step) > 0
-  paths_and_params = jax.tree_util.tree_leaves_with_path(one_state.params)
-  for (path, a), b in zip(paths_and_params, jax.tree.leaves(other_state.params)):
-    assert len(b.sharding.device_set) == 1
-    name = jax.tree_util.keystr(path)
-    if "['k_proj']['bias']" in name:
-      # Softmax ignores a bias added to every key, so this gradient is zero up to round-off, and Adam
-      # normalises that noise into steps of its own: the runs agree only in keeping it near zero.
-      assert np.abs(np.asarray(a)).max() < 1e-3 and np.abs(np.asarray(b)).max() < 1e-3, name
-      continue
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL, err_msg=name)
+  _assert_same_params(one_state.params, other_state.params)
   assert one_metrics["brief"]["MR-full-mAP"] == pytest.approx(
       other_metrics["brief"]["MR-full-mAP"], abs=0.5
   )
@@ -148,8 +152,6 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(runs, tmp_p
       rtol=LOSS_RTOL,
   )
   four_state = restore_checkpoint(config, four_dir, num_devices=1)[0]
-  two_host_state = restore_checkpoint(config, workdir, num_devices=1)[
-      0
-  ]  # written by 2 processes, restored by 1 on 1 device
-  for a, b in zip(jax.tree.leaves(four_state.params), jax.tree.leaves(two_host_state.params)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL)
+  # Written by 2 processes, restored by 1 on 1 device.
+  two_host_state = restore_checkpoint(config, workdir, num_devices=1)[0]
+  _assert_same_params(four_state.params, two_host_state.params)

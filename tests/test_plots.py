@@ -111,8 +111,13 @@ def test_plot_functions_and_their_errors(trained, tmp_path):
   panels = plots.training_series(records)
   assert next(iter(panels)) == "train/loss"
   assert {"train/label", "lr", "val/MR-full-R1", "val/HL-min-mAP"} <= set(panels)
-  assert set(panels["train/label"]) == {"train/label", "train/aux0/label"}
-  _check_png(plots.plot_training_curves(records, str(tmp_path / "curves.png")))
+  assert set(panels["train/label"]) == {"train/label"}  # the tiny config has one decoder layer
+  # A deeper decoder's auxiliary losses share their term's panel.
+  deeper = [
+      dict(r, **{"train/aux0/label": 2 * r["train/label"]}) for r in records if "train/label" in r
+  ]
+  assert set(plots.training_series(deeper)["train/label"]) == {"train/label", "train/aux0/label"}
+  _check_png(plots.plot_training_curves(records + deeper, str(tmp_path / "curves.png")))
 
   # An unlabelled query (no windows, no saliency) and a C-QVal split without queries still plot.
   annotation = {"qid": 1, "query": "a man's t-shirt.", "vid": "v", "duration": 10.0}

@@ -19,7 +19,11 @@ from lmr_jax.training import trainer
 
 
 def test_train_steps_decrease_loss_on_a_fixed_batch(tiny_data_root):
+  """At the paper's depths (2 VQF, 2 encoder and 2 decoder layers, so the decoder's auxiliary
+  losses too), where the tiny config has one of each."""
   config = tiny_config(tiny_data_root)
+  for stack in ("vqf", "encoder", "decoder"):
+    config.model[f"num_{stack}_layers"] = 2
   config.model.dropout = config.model.input_dropout = 0.0
   config.optim.learning_rate = 1e-3
   state, losses, _, _ = train_on_one_batch(config, steps=8)

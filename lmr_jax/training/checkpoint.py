@@ -14,6 +14,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
@@ -116,6 +117,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(values)).lock()
 
 
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """Orbax's handler for the train state, with each replicated array written whole by its first
+  replica. Orbax's default off GPUs ("replica-parallel") writes a slice of every replicated array
+  from each replica, which pays for itself on arrays of many MB; LMR's state is ~600 arrays of a few
+  hundred KB at most, where the slicing doubles a save (the tiny config on 4 CPU devices: 2.5 s ->
+  1.4 s per save). The files are the same either way: any device count restores them."""
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)),
+      (np.ndarray, ocp.type_handlers.NumpyHandler()),
+      (np.number, ocp.type_handlers.ScalarHandler()),
+      (int, ocp.type_handlers.ScalarHandler()),
+      (float, ocp.type_handlers.ScalarHandler()),
+  )
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 def _manager(directory: str, keep: int, best_metric: str | None = None) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
@@ -124,7 +141,11 @@ def _manager(directory: str, keep: int, best_metric: str | None = None) -> ocp.C
       best_fn=(lambda m: m[best_metric]) if best_metric else None,
       best_mode="max",
   )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=options,
+      item_handlers={"state": _state_handler(), "data": ocp.JsonCheckpointHandler()},
+  )
 
 
 def _key_name(key) -> str:
@@ -200,7 +221,7 @@ class Checkpointer:
     """Saves to the latest set and, when ``metrics`` is given, offers the step to the best set."""
     step = int(jax.device_get(state.step))
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dataclasses.asdict(position))
+        state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(dataclasses.asdict(position))
     )
     if step not in self.latest.all_steps():
       self.latest.save(step, args=args)
@@ -265,7 +286,10 @@ class Checkpointer:
       restored = manager.restore(
           step,
           args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+              state=ocp.args.PyTreeRestore(
+                  target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
+              ),
+              data=ocp.args.JsonRestore(),
           ),
       )
       position = DataPosition(**restored.data)

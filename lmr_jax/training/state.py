@@ -22,9 +22,11 @@ def build_model(config: ml_collections.ConfigDict) -> LMR:
   return LMR(config.model)
 
 
-def zeros_batch(element_spec: ElementSpec, batch_size: int) -> dict[str, np.ndarray]:
-  """A batch of the right shapes for initialisation (values do not matter)."""
-  return {k: np.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in element_spec.items()}
+def zeros_batch(element_spec: ElementSpec, batch_size: int, xp=np) -> dict[str, np.ndarray]:
+  """A batch of the right shapes for initialisation (values do not matter). ``xp=jax.numpy`` under
+  jit: zeros made there are a broadcast, where a numpy batch closed over is a constant that XLA
+  folds through the model's forward pass (four times the init's compilation)."""
+  return {k: xp.zeros((batch_size,) + shape, dtype) for k, (shape, dtype) in element_spec.items()}
 
 
 def init_state(config, model, tx, batch) -> train_step_lib.TrainState:

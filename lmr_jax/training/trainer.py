@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -156,12 +157,17 @@ def _feed(config, source, tables, position, mesh, model, tx, shardings):
 
 def _initial_state(config, model, tx, mesh, source: ExampleSource, checkpointer):
   """(train state, data position, state shardings): the latest checkpoint's, or fresh ones."""
-  batch = state_lib.zeros_batch(source.element_spec(), config.batch_size // jax.process_count())
-  abstract_state, shardings = state_lib.sharded_state_layout(config, model, tx, mesh, batch)
+  spec, rows = source.element_spec(), config.batch_size // jax.process_count()
+  abstract_state, shardings = state_lib.sharded_state_layout(
+      config, model, tx, mesh, state_lib.zeros_batch(spec, rows)
+  )
   if checkpointer.latest.latest_step() is not None:
     state, position = checkpointer.restore("latest", abstract_state)
     return state, position, shardings
-  state = jax.jit(lambda: state_lib.init_state(config, model, tx, batch), out_shardings=shardings)()
+  state = jax.jit(
+      lambda: state_lib.init_state(config, model, tx, state_lib.zeros_batch(spec, rows, jnp)),
+      out_shardings=shardings,
+  )()
   return state, DataPosition(), shardings
 
 
