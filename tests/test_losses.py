@@ -24,6 +24,11 @@ def _moment_losses(*arrays_and_cfg):
   return jax.jit(lambda *a: losses.moment_losses(*a, cfg))(*arrays)
 
 
+def _total_loss(outputs, batch, cfg):
+  """losses.total_loss, jitted anew per call: ``cfg`` is read when it is traced."""
+  return jax.jit(lambda o, b: losses.total_loss(o, b, cfg))(outputs, batch)
+
+
 def _moment(cfg, target_se):
   pred_cxw = jnp.array([[[0.5, 0.2], [0.3, 0.2]]])  # p0 = [0.4, 0.6], p1 = [0.2, 0.4]
   logits = jnp.array([[[0.0, 1.0], [2.0, 0.0]]])
@@ -115,7 +120,7 @@ def test_total_loss_weights_every_term(cfg):
       "saliency_pos": jnp.asarray(rng.integers(0, 6, (3, 2)), jnp.int32),
       "saliency_neg": jnp.asarray(rng.integers(0, 6, (3, 2)), jnp.int32),
   }
-  loss, terms = jax.jit(lambda o, b: losses.total_loss(o, b, cfg))(outputs, batch)
+  loss, terms = _total_loss(outputs, batch, cfg)
   weights = {
       "span_l1": 10,
       "span_giou": 1,
@@ -128,5 +133,5 @@ def test_total_loss_weights_every_term(cfg):
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   assert "aux0/span_l1" in terms
   cfg.aux_layers = False
-  _, terms = jax.jit(lambda o, b: losses.total_loss(o, b, cfg))(outputs, batch)
+  _, terms = _total_loss(outputs, batch, cfg)
   assert "aux0/span_l1" not in terms
