@@ -451,6 +451,16 @@ def test_per_process_shards_assemble_the_single_process_batches(tiny_sources):
     next(pipeline.train_batches(train, 4, seed=5, process_index=0, process_count=3))
 
 
+def test_pipelines_run_without_tf_data_autotuner(tiny_sources):
+  """tf.data's autotuner runs a model thread that a finished iterator's destructor waits for, and it
+  sleeps up to a minute between rounds: with it, a training stalled 3-60 s at each new epoch."""
+  _, train, _ = tiny_sources
+  ds = pipeline._dataset_from_indices(train, np.arange(4), None, 2)
+  options = ds.options()
+  assert options.autotune.enabled is False
+  assert options.threading.private_threadpool_size >= 1
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_keeps_every_query_and_masks_padding(tiny_sources, process_count):
   _, _, val = tiny_sources

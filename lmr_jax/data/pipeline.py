@@ -59,13 +59,18 @@ def _dataset_from_indices(
     return {k: tf.ensure_shape(a, spec[k][0]) for k, a in zip(keys, arrays)}
 
   seed_column = seeds if seeds is not None else np.zeros(len(indices), np.int64)
+  threads = max(1, min(8, os.cpu_count() or 1))
   ds = tf.data.Dataset.from_tensor_slices((indices.astype(np.int64), seed_column.astype(np.int64)))
-  ds = ds.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(load_tf, num_parallel_calls=threads, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
-  options.threading.private_threadpool_size = max(1, min(8, os.cpu_count() or 1))
-  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  options.threading.private_threadpool_size = threads
+  # No autotuner: its model thread sleeps up to a minute between rounds, and a finished iterator's
+  # destructor (every epoch's, every evaluation's) waits for it to wake, which stalled training 3-60 s
+  # at each epoch start. One loader call per pool thread and two batches ahead keep a numpy loader busy.
+  options.autotune.enabled = False
+  return ds.with_options(options).prefetch(2)
 
 
 def train_batches(
