@@ -52,6 +52,9 @@ def _dataset_from_indices(
     example = source.example(int(index), rng)
     return [example[k] for k in keys]
 
+  # Plain graph code: autograph would only rewrite it into a temporary file (one per process, left
+  # in the temp directory).
+  @tf.autograph.experimental.do_not_convert
   def load_tf(index, seed):
     arrays = tf.numpy_function(
         load, [index, seed], [tf.as_dtype(spec[k][1]) for k in keys], stateful=False
