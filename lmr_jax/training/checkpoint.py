@@ -171,7 +171,7 @@ def check_fits(step_dir, abstract_state) -> None:
   """
   path = step_dir / "state"
   try:
-    saved = array_specs(ocp.StandardCheckpointHandler().metadata(path))
+    saved = array_specs(_state_handler().metadata(path))
   except Exception as e:  # noqa: BLE001 - classified: only proven damage may be set aside
     raise _read_error(step_dir, e) from None
   expected = array_specs(abstract_state)
