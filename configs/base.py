@@ -53,6 +53,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Eq. 5 scores the video tokens x_v^i of F_m ("video"); "sum" scores each clip's visual + caption
   # token (a documented variant, not the paper's).
   config.model.saliency_tokens = "video"
+  # What the decoder reads as keys and values: the video tokens x_v of F_m ("video", the paper's
+  # Sec. III-C: "the video tokens within F_m serve for both decoding and video-query relevance") or
+  # every context token [x_v; x_t] ("video_and_captions", Sec. III-D's H over N_v + N_t). Fidelity
+  # doc: docs/fidelity.md.
+  config.model.decoder_memory = "video_and_captions"
+  # The clips' sine positions in VQF and the self-attention layers: QD-DETR's code normalised to the
+  # video's length ("normalized"), or DETR's raw clip index ("index", an experiment switch: sharper
+  # between neighbouring clips). The decoder always reads normalised positions (its anchors are
+  # fractions of the video).
+  config.model.clip_positions = "normalized"
   # True reproduces a QD-DETR quirk (its T2V mask is tiled across the batch in the wrong order, so a
   # query's outputs depend on its batch-mates' padding); for the weight-port parity check only.
   config.model.qd_detr_t2v_mask = False

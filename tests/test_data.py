@@ -549,3 +549,77 @@ def test_synthetic_target_and_distractor_look_alike_but_captions_differ(tiny_dat
     assert all(scene not in captions[c] for c in distractors)
     checked += 1
   assert checked >= len(anns) // 3
+
+
+def _scene_probe_accuracy(root: str) -> float:
+  """A least-squares linear probe of each event clip's scene from its visual features (both streams
+  L2-normalised per clip, as the loaders do): trained on the train split, scored on the val split."""
+
+  def clips_and_scenes(split):
+    xs, ys = [], []
+    for line in open(os.path.join(root, "annotations", f"{split}.jsonl")):
+      record = json.loads(line)
+      scene = next(i for i, s in enumerate(synthetic.SCENES) if s in record["query"])
+      streams = []
+      for stream in ("slowfast_features", "clip_features"):
+        f = np.load(os.path.join(root, "features", stream, f"{record['vid']}.npz"))["features"]
+        f = f.astype(np.float32)
+        streams.append(f / np.linalg.norm(f, axis=1, keepdims=True))
+      feats = np.concatenate(streams, axis=1)
+      xs.append(feats[record["relevant_clip_ids"]])
+      ys += [scene] * len(record["relevant_clip_ids"])
+    return np.concatenate(xs), np.array(ys)
+
+  x, y = clips_and_scenes("train")
+  targets = np.eye(len(synthetic.SCENES))[y]
+  weights = np.linalg.solve(x.T @ x + 1e-2 * np.eye(x.shape[1]), x.T @ targets)
+  x_val, y_val = clips_and_scenes("val")
+  return float(((x_val @ weights).argmax(1) == y_val).mean())
+
+
+@pytest.mark.parametrize("visual_scene", [0.0, 0.3])
+def test_synthetic_visual_scene_sets_how_much_scene_the_visual_features_carry(
+    tmp_path, visual_scene
+):
+  """``visual_scene`` = 0 (the default): a linear probe of the scene from the visual features is at
+  chance (1/12); at 0.3 the scene is there to be read."""
+  settings = synthetic.SyntheticConfig(
+      seed=1,
+      train_videos=160,
+      val_videos=60,
+      test_videos=1,
+      min_clips=20,
+      max_clips=24,
+      min_event_clips=2,
+      max_event_clips=3,
+      slowfast_dim=48,
+      clip_dim=32,
+      text_dim=32,
+      caption_dim=8,
+      visual_scene=visual_scene,
+  )
+  synthetic.generate(settings, str(tmp_path))
+  accuracy = _scene_probe_accuracy(str(tmp_path))
+  if visual_scene == 0.0:
+    assert accuracy < 0.2, accuracy
+  else:
+    assert accuracy > 0.5, accuracy
+
+
+def test_synthetic_data_without_visual_scene_setting_is_the_hard_variant(tmp_path):
+  """Data written before ``visual_scene`` existed (a settings file without it) is the hard variant's:
+  reused for visual_scene=0, refused for any other value."""
+  config = tiny_config(str(tmp_path / "s"))
+  config.data.generate_synthetic = True
+  config.data.synthetic = dict(vars(TINY_SYNTHETIC), train_videos=2, val_videos=1, test_videos=1)
+  synthetic.ensure(config.data)
+  settings = tmp_path / "s" / synthetic.SETTINGS_FILE
+  stored = json.loads(settings.read_text())
+  assert stored.pop("visual_scene") == 0.0
+  settings.write_text(json.dumps(stored))
+  written = settings.stat().st_mtime_ns
+  synthetic.ensure(config.data)
+  assert settings.stat().st_mtime_ns == written
+  config.data.synthetic.visual_scene = 0.3
+  with pytest.raises(DataError, match=r"other settings: visual_scene=0.0 \(config: 0.3\)"):
+    synthetic.ensure(config.data)

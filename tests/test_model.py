@@ -345,3 +345,49 @@ def test_bfloat16_compute_stays_close_to_float32(setup):
   with pytest.raises(ConfigError, match="config.model.dtype 'float16' is not one of"):
     cfg.dtype = "float16"
     jax.eval_shape(lambda: LMR(cfg).init(jax.random.key(0), batch, train=False))
+
+
+def test_decoder_memory_video_reads_only_the_video_tokens(setup):
+  """``decoder_memory="video"`` (Sec. III-C): the decoder's keys are the L video tokens of F_m; the
+  saliency (the encoder's output) is the same, the moments are not; with the visual stream off it
+  reads the caption tokens, the only stream."""
+  config, batch = setup
+  params, both = _apply(config.model, batch)
+  cfg = config.model.copy_and_resolve_references()
+  cfg.decoder_memory = "video"
+  apply = jax.jit(
+      lambda p, b: LMR(cfg).apply({"params": p}, b, train=False, mutable=["intermediates"])
+  )
+  video, state = apply(params, batch)
+  np.testing.assert_allclose(both["saliency"], video["saliency"], atol=1e-6)
+  assert not np.allclose(both["pred_spans"], video["pred_spans"], atol=1e-4)
+  cross = state["intermediates"]["decoder"]["layers_0"]["cross_attn"]["attention_weights"][0]
+  assert cross.shape[-1] == config.data.max_clips  # (B, heads, K, L): the video tokens only
+  cfg.use_visual = False
+  _, captions_only = _apply(cfg, batch)
+  assert np.isfinite(captions_only["pred_spans"]).all()
+
+
+def test_clip_positions_normalised_or_raw_index(setup):
+  """QD-DETR's code turns its fastest frequency once over the video; DETR's raw index
+  (``clip_positions="index"``) tells neighbouring clips apart. Both count real clips only."""
+  mask = np.array([[True] * 6 + [False] * 2, [True] * 8])
+  normalized = np.asarray(layers.masked_sine_positions(mask, 16))
+  index = np.asarray(layers.masked_sine_positions(mask, 16, normalize=False))
+  clip = np.arange(1, 9, dtype=np.float32)
+  np.testing.assert_allclose(index[1, :, 0], np.sin(clip), atol=1e-6)
+  np.testing.assert_allclose(index[1, :, 1], np.cos(clip), atol=1e-6)
+  np.testing.assert_allclose(normalized[0, :6, 0], np.sin(clip[:6] / 6 * 2 * np.pi), atol=1e-5)
+  np.testing.assert_allclose(index[0, :6], index[1, :6], atol=1e-6)  # padding does not move them
+  # Five clips apart in a 75-clip video at the model's width: 0.995 against 0.74.
+  long_video = np.ones((1, 75), bool)
+  for normalize, low, high in ((True, 0.99, 1.0), (False, 0.0, 0.8)):
+    p = np.asarray(layers.masked_sine_positions(long_video, 256, normalize=normalize))[0]
+    cosine = p[30] @ p[35] / np.linalg.norm(p[30]) / np.linalg.norm(p[35])
+    assert low < cosine < high, (normalize, cosine)
+  config, batch = setup
+  params, out = _apply(config.model, batch)
+  cfg = config.model.copy_and_resolve_references()
+  cfg.clip_positions = "index"
+  indexed = jax.jit(lambda p, b: LMR(cfg).apply({"params": p}, b, train=False))(params, batch)
+  assert not np.allclose(out["saliency"], indexed["saliency"], atol=1e-4)

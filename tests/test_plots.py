@@ -76,18 +76,24 @@ def test_eval_py_plots_writes_every_figure(trained, evaluated):
     _check_png(os.path.join(evaluated, "plots", name))
 
 
-@pytest.mark.parametrize("tiny_arg", ["", "share_vqf", "use_vqf"])
-def test_vqf_attention_rows_are_distributions_over_the_real_tokens(tiny_data_root, tiny_arg):
-  """With shared VQF weights both streams sow into one module, without sharing into two; without
-  VQF there is nothing to show."""
+def _random_model(tiny_data_root, tiny_arg=""):
+  """(config, val source, model, random params) of configs/tiny.py: random values in the parameter
+  shapes (eval_shape compiles nothing; a jitted init takes seconds)."""
   config = tiny_config(tiny_data_root, tiny_arg)
   source = dataset.example_source(config.data, "val", with_captions=True, training=False)
   model = state_lib.build_model(config)
   batch = state_lib.zeros_batch(source.element_spec(), 2)
-  # Random values in the parameter shapes: eval_shape compiles nothing (a jitted init takes seconds).
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))["params"]
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape).astype(s.dtype), shapes)
+  return config, source, model, params
+
+
+@pytest.mark.parametrize("tiny_arg", ["", "share_vqf", "use_vqf"])
+def test_vqf_attention_rows_are_distributions_over_the_real_tokens(tiny_data_root, tiny_arg):
+  """With shared VQF weights both streams sow into one module, without sharing into two; without
+  VQF there is nothing to show."""
+  config, source, model, params = _random_model(tiny_data_root, tiny_arg)
   indices = [0, 3, len(source) - 1]
   results = attention.vqf_attention(model, params, source, indices, batch_size=2)
   assert len(results) == len(indices)
@@ -178,3 +184,65 @@ def test_eval_plots_errors_come_before_restoring(trained, tmp_path):
   with pytest.raises(evaluate_lib.EvalError, match="--plots takes a number of queries >= 0"):
     evaluate_lib.evaluate_checkpoint(config, workdir, plots=-1)
   assert not os.path.exists(os.path.join(no_log, "eval"))
+
+
+def test_caption_routing_of_a_known_attention_map():
+  """Video token i looks at caption i alone: all of its attention is on its own event's captions,
+  none on the look-alike's; spread evenly, each event gets its share per clip."""
+  num_clips, clip_len = 10, 2.0
+  target, other = [[4.0, 10.0]], [[12.0, 16.0]]  # clips 2-4 and 6-7
+  sharp = np.zeros((1 + 2 * num_clips,) * 2)
+  for i in range(num_clips):
+    sharp[1 + i, 1 + num_clips + i] = 1.0
+  stats = attention.caption_routing(sharp, num_clips, target, other, clip_len)
+  assert stats == {
+      "own_event": 1.0,
+      "look_alikes": 0.0,
+      "own_clip": 1.0,
+      "all_captions": 1.0,
+      "own_event_per_clip": pytest.approx(1 / 3),
+      "look_alikes_per_clip": 0.0,
+  }
+  flat = np.full_like(sharp, 1 / sharp.shape[1])
+  stats = attention.caption_routing(flat, num_clips, target, other, clip_len)
+  assert stats["own_event"] == pytest.approx(3 / 21) and stats["look_alikes"] == pytest.approx(2 / 21)
+  assert stats["own_event_per_clip"] == pytest.approx(stats["look_alikes_per_clip"])
+  assert attention.caption_routing(flat, num_clips, target, [], clip_len) is None
+
+
+def test_probe_cli_reads_the_encoder_attention_of_a_trained_workdir(trained, tmp_path, capsys):
+  from lmr_jax.commands import probe
+
+  config, workdir = trained
+  out = tmp_path / "probe"
+  argv = ["--workdir", workdir, "--checkpoint", "latest", "--output_dir", str(out)]
+  assert probe.main(argv) == 0
+  result = json.loads((out / probe.OUTPUT_NAME).read_text())
+  layers = [k for k in result if k.startswith("layer_")]
+  assert len(layers) == config.model.num_encoder_layers and result["num_queries"] > 0
+  for key in layers:
+    row = result[key]
+    assert set(row) == set(attention.ROUTING_KEYS)
+    assert 0 <= row["own_clip"] <= row["own_event"] <= row["all_captions"] <= 1
+    assert 0 <= row["look_alikes"] <= row["all_captions"] - row["own_event"] + 1e-6
+  assert "own / look-alike per clip" in capsys.readouterr().out
+  # A model without captions has nothing to route: one line, before anything is restored.
+  no_captions = tmp_path / "no_captions"
+  no_captions.mkdir()
+  saved = json.loads(open(os.path.join(workdir, "config.json")).read())
+  saved["model"]["use_caption_context"] = False
+  (no_captions / "config.json").write_text(json.dumps(saved))
+  assert probe.main(["--workdir", str(no_captions)]) == 1
+  assert "needs a model with both the visual and the caption stream" in capsys.readouterr().err
+
+
+def test_encoder_attention_rows_are_distributions_over_the_real_tokens(tiny_data_root):
+  config, source, model, params = _random_model(tiny_data_root)
+  indices = [0, len(source) - 1]
+  results = attention.encoder_attention(model, params, source, indices, batch_size=2)
+  for index, per_layer in zip(indices, results):
+    num_clips = int(source.example(index)["video_mask"].sum())
+    assert len(per_layer) == config.model.num_encoder_layers
+    for w in per_layer:
+      assert w.shape == (1 + 2 * num_clips, 1 + 2 * num_clips)
+      np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)  # padding gets no attention

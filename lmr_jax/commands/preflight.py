@@ -64,6 +64,8 @@ RULES = {
     "model.input_dropout": _RATE,
     "model.input_norm_affine": _BOOL,
     "model.saliency_tokens": _one_of(lmr.SALIENCY_TOKENS),
+    "model.decoder_memory": _one_of(lmr.DECODER_MEMORY),
+    "model.clip_positions": _one_of(layers.CLIP_POSITIONS),
     "model.qd_detr_t2v_mask": _BOOL,
     "model.dtype": _one_of(lmr.DTYPES),
     "model.attention": _one_of(layers.ATTENTION),

@@ -1,7 +1,8 @@
 """The synthetic context benchmark: QVHighlights-format data where only caption context finds the moment.
 
 Each video is a sequence of events (actor, action, scene) separated by background clips. Visual features
-encode actor and action but not the scene -- the visual blind spot that LMR's caption context fills.
+encode actor and action but not the scene (``visual_scene`` > 0 adds it, weakly) -- the visual blind
+spot that LMR's caption context fills.
 Each query names actor + action + scene; its target event(s) always share actor and action with one or
 two other events of the same video in other scenes (each the target of another query), so a model that
 sees only the video can at best guess among them, while the per-clip captions (varied wording, as from
@@ -33,6 +34,9 @@ from lmr_jax.data.queries import DataError
 from lmr_jax.errors import ConfigError
 
 SETTINGS_FILE = "synthetic_config.json"
+# Settings added after data was first written, with the value that data was made with: a settings
+# file without the key describes data made that way.
+SETTINGS_BEFORE_ADDED = {"visual_scene": 0.0}
 # Draws of one video's events before giving up: with the default settings a plan fits at the first
 # draw in 99 % of videos (at most 3 in 2,000), so this many failing means the settings leave no room.
 MAX_PLAN_DRAWS = 10_000
@@ -110,7 +114,9 @@ QUERY_TEMPLATES = (
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-  """Sizes and difficulty. ``visual_noise`` is the per-dimension noise std relative to the signal."""
+  """Sizes and difficulty. ``visual_noise`` is the per-dimension noise std relative to the signal;
+  ``visual_scene`` the length of an event's scene direction in its clips' visual features, against 1
+  for its actor's and its action's (0: the visual features carry no scene)."""
 
   seed: int = 0
   train_videos: int = 600
@@ -126,6 +132,7 @@ class SyntheticConfig:
   max_other_events: int = 1
   caption_scene_missing_prob: float = 0.25
   visual_noise: float = 0.6
+  visual_scene: float = 0.0
   slowfast_dim: int = 2304
   clip_dim: int = 512
   text_dim: int = 512  # CLIP text token features of queries
@@ -189,8 +196,10 @@ def _check_ranges(cfg: SyntheticConfig, prefix: str) -> None:
       raise ConfigError(f"{prefix}{name} must be a probability in [0, 1], got {value!r}")
   if not fileio.is_number(cfg.clip_len) or cfg.clip_len <= 0:
     raise ConfigError(f"{prefix}clip_len must be a number > 0, got {cfg.clip_len!r}")
-  if not fileio.is_number(cfg.visual_noise) or cfg.visual_noise < 0:
-    raise ConfigError(f"{prefix}visual_noise must be a number >= 0, got {cfg.visual_noise!r}")
+  for name in ("visual_noise", "visual_scene"):
+    value = getattr(cfg, name)
+    if not fileio.is_number(value) or not 0 <= value < float("inf"):
+      raise ConfigError(f"{prefix}{name} must be a finite number >= 0, got {value!r}")
 
 
 def check_settings(cfg: SyntheticConfig, prefix: str = "config.data.synthetic.") -> None:
@@ -288,16 +297,18 @@ def _caption(rng: np.random.Generator, cfg: SyntheticConfig, event: Event | None
 
 
 class _VisualBasis:
-  """Per visual stream, the direction of each actor, action and of the background (none per scene).
+  """Per visual stream, the direction of each actor, action, scene and of the background.
 
   The CLIP stream lives in the space of the CLIP text tokens, as real CLIP image and text features do:
   an actor's direction is the mean of its words' CLIP-text vectors. The SlowFast stream uses fixed
-  random directions, unrelated to any text.
+  random directions, unrelated to any text. Scenes enter scaled by ``visual_scene`` (their directions
+  are drawn from a generator of their own, so that ``visual_scene=0`` writes the very features of the
+  benchmark before scenes could be seen).
   """
 
   def __init__(self, cfg: SyntheticConfig):
     rng = np.random.default_rng([cfg.seed, 7])
-    random_unit = lambda n: (  # noqa: E731
+    random_unit = lambda n, rng=rng: (  # noqa: E731
         rng.standard_normal((n, cfg.slowfast_dim)).astype(np.float32) / np.sqrt(cfg.slowfast_dim)
     )
     phrase = lambda words: embed_tokens(words, cfg.clip_dim, "clip").mean(0)  # noqa: E731
@@ -309,14 +320,19 @@ class _VisualBasis:
             phrase("background")[None],
         ),
     ]
+    scene_rng = np.random.default_rng([cfg.seed, 8])
+    self.scenes = [
+        cfg.visual_scene * random_unit(len(SCENES), scene_rng),
+        cfg.visual_scene * np.stack([phrase(s) for s in SCENES]),
+    ]
 
   def features(self, rng, cfg, events: list[Event], num_clips: int) -> list[np.ndarray]:
     out = []
-    for actors, actions, background in self.streams:
+    for (actors, actions, background), scenes in zip(self.streams, self.scenes):
       dim = actors.shape[1]
       feats = np.repeat(background, num_clips, axis=0)
       for e in events:
-        feats[e.start : e.end] = actors[e.actor] + actions[e.action]
+        feats[e.start : e.end] = actors[e.actor] + actions[e.action] + scenes[e.scene]
       noise = rng.standard_normal((num_clips, dim), dtype=np.float32) / np.sqrt(dim)
       out.append((feats + cfg.visual_noise * noise).astype(np.float16))
     return out
@@ -469,7 +485,7 @@ def ensure(data) -> None:
   check_settings(cfg)
   path = os.path.join(root, SETTINGS_FILE)
   if os.path.exists(path):
-    stored = _stored_settings(path)
+    stored = {**SETTINGS_BEFORE_ADDED, **_stored_settings(path)}
     wanted = dataclasses.asdict(cfg)
     differ = [
         f"{k}={stored.get(k)!r} (config: {v!r})" for k, v in wanted.items() if stored.get(k) != v

@@ -17,15 +17,25 @@ import numpy as np
 from lmr_jax.errors import ConfigError
 
 
-def masked_sine_positions(mask_BxL: jnp.ndarray, dim: int, temperature: float = 10000.0):
-  """DETR's normalised sine code of the clip index, (B, L, dim): position = cumsum(mask) / #real * 2pi.
+CLIP_POSITIONS = ("normalized", "index")
 
-  The index counts real clips only and is normalised by the video's length, so a clip's code depends on
-  where it sits in its video, not on how much padding follows (QD-DETR's PositionEmbeddingSine with
-  normalize=True).
+
+def masked_sine_positions(
+    mask_BxL: jnp.ndarray, dim: int, temperature: float = 10000.0, normalize: bool = True
+):
+  """DETR's sine code of the clip index, (B, L, dim), from the index counted over real clips.
+
+  ``normalize`` (QD-DETR's PositionEmbeddingSine with normalize=True): position = cumsum(mask) / #real
+  * 2pi, so a clip's code says where it sits in its video, not how much padding follows; the fastest
+  frequency then turns once over the whole video, and neighbouring clips get nearly the same code.
+  ``normalize=False`` (DETR's default): position = cumsum(mask), the raw index, whose fast
+  frequencies tell neighbouring clips apart.
   """
   counts_BxL = jnp.cumsum(mask_BxL.astype(jnp.float32), axis=1)
-  angle_BxL = counts_BxL / (counts_BxL[:, -1:] + 1e-6) * 2 * np.pi
+  if normalize:
+    angle_BxL = counts_BxL / (counts_BxL[:, -1:] + 1e-6) * 2 * np.pi
+  else:
+    angle_BxL = counts_BxL
   freqs = temperature ** (2 * (np.arange(dim) // 2) / dim)
   angles = angle_BxL[..., None] / freqs
   return jnp.where(np.arange(dim) % 2 == 0, jnp.sin(angles), jnp.cos(angles))

@@ -27,6 +27,7 @@ from lmr_jax.errors import ConfigError
 from lmr_jax.model import decoder, layers
 
 SALIENCY_TOKENS = ("video", "sum")
+DECODER_MEMORY = ("video", "video_and_captions")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -72,6 +73,10 @@ class LMR(nn.Module):
     d = cfg.hidden_dim
     if cfg.saliency_tokens not in SALIENCY_TOKENS:
       raise ConfigError(f"config.model.saliency_tokens must be one of {SALIENCY_TOKENS}")
+    if cfg.decoder_memory not in DECODER_MEMORY:
+      raise ConfigError(f"config.model.decoder_memory must be one of {DECODER_MEMORY}")
+    if cfg.clip_positions not in layers.CLIP_POSITIONS:
+      raise ConfigError(f"config.model.clip_positions must be one of {layers.CLIP_POSITIONS}")
     dt = self.dtype = compute_dtype(cfg)
     # Resolved when the model is traced: the backend it is compiled for picks the attention layout.
     attention = layers.resolve_attention(cfg.attention)
@@ -116,11 +121,19 @@ class LMR(nn.Module):
     """VQF + video context modeling over ``streams`` = [(context_BxLxD, lang_BxTxD, lang_mask_BxT,
     vqf)]; returns (memory = F_m without the saliency token, its mask, its positions, saliency_BxL).
 
-    A clip and its caption share the clip's position; positions enter queries and keys (DETR).
+    A clip and its caption share the clip's position; positions enter queries and keys (DETR). The
+    memory's positions are always the normalised code: the decoder matches them against its anchors'
+    sine codes, which are fractions of the video (``model.clip_positions`` sets the VQF's and the
+    encoder's).
     """
     cfg = self.config
     batch_size, num_clips = video_mask_BxL.shape
-    pos_BxLxD = layers.masked_sine_positions(video_mask_BxL, cfg.hidden_dim).astype(self.dtype)
+    normalized_BxLxD = layers.masked_sine_positions(video_mask_BxL, cfg.hidden_dim)
+    if cfg.clip_positions == "normalized":
+      pos_BxLxD = normalized_BxLxD
+    else:
+      pos_BxLxD = layers.masked_sine_positions(video_mask_BxL, cfg.hidden_dim, normalize=False)
+    pos_BxLxD, normalized_BxLxD = pos_BxLxD.astype(self.dtype), normalized_BxLxD.astype(self.dtype)
     tokens = []
     for context, lang, lang_mask, vqf in streams:
       if cfg.use_vqf:
@@ -139,6 +152,10 @@ class LMR(nn.Module):
     for layer in self.encoder:
       x = layer(x, positions, mask, train=train)
     sal_token, memory = x[:, 0], x[:, 1:]
+    # The decoder reads the video tokens x_v (Sec. III-C; the first stream's tokens, the caption
+    # tokens when the visual stream is off) or every context token [x_v; x_t] (Sec. III-D's H).
+    num_read = num_clips if cfg.decoder_memory == "video" else num_clips * len(tokens)
+    memory_pos = jnp.concatenate([normalized_BxLxD] * len(tokens), axis=1)[:, :num_read]
     if cfg.saliency_tokens == "video":
       clips = memory[:, :num_clips]  # Eq. 5's video tokens x_v^i: the first stream's
     else:  # "sum": a clip's streams' tokens summed (a documented variant, not the paper's)
@@ -149,7 +166,7 @@ class LMR(nn.Module):
         self.saliency_query_proj(sal_token),
         preferred_element_type=jnp.float32,
     ) / np.float32(np.sqrt(cfg.hidden_dim))
-    return memory, mask[:, 1:], positions[:, 1:], saliency
+    return memory[:, :num_read], mask[:, 1 : 1 + num_read], memory_pos, saliency
 
   def __call__(self, batch, *, train: bool, with_negatives: bool | None = None):
     """Outputs per decoder layer and the clip saliency; with ``with_negatives`` (default: in training,

@@ -7,7 +7,7 @@ r"""QD-DETR weights -> LMR's QD-DETR base (configs/qvh.py:qd_detr), and the pari
 The first form reads a QD-DETR training checkpoint (a torch file with "model", its state_dict, and "opt",
 its argparse options; torch is imported only here) and writes an orbax checkpoint plus config.json into
 the workdir, as train.py would. The second reads a parity fixture made by QD-DETR's own code (layout in
-the README, "Fidelity"), runs our model in evaluation mode on its inputs and our losses on its targets,
+docs/fidelity.md), runs our model in evaluation mode on its inputs and our losses on its targets,
 and writes the same keys (output/*, loss/*) for comparison.
 
 QD-DETR names map one-to-one onto ours: torch Linear weights are transposed into Dense kernels, the

@@ -104,8 +104,17 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   fileio.atomic_write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+# Config keys added after runs were first saved, with the value that reproduces what those runs
+# trained: a config.json without the key was trained that way.
+KEYS_BEFORE_ADDED = {
+    "model.decoder_memory": "video_and_captions",
+    "model.clip_positions": "normalized",
+}
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The locked config a workdir was trained with (``save_config``'s file)."""
+  """The locked config a workdir was trained with (``save_config``'s file), with the keys added since
+  it was written set to what it was trained with (``KEYS_BEFORE_ADDED``)."""
   path = os.path.join(workdir, CONFIG_FILE)
   try:
     with open(path) as f:
@@ -114,6 +123,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise CheckpointError(f"{path}: no such file; was {workdir} written by train.py?") from None
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+  if isinstance(values, dict):
+    for key, value in KEYS_BEFORE_ADDED.items():
+      *parents, name = key.split(".")
+      node = values
+      for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+      if isinstance(node, dict):
+        node.setdefault(name, value)
   return ml_collections.ConfigDict(_tuples(values)).lock()
 
 

@@ -68,3 +68,90 @@ def vqf_attention(
           }
       )
   return results
+
+
+def _apply_with_encoder_weights(params, batch, *, model) -> list:
+  _, state = model.apply({"params": params}, batch, train=False, mutable=["intermediates"])
+  sown = state["intermediates"]
+  return [
+      sown[f"encoder_{i}"]["self_attn"]["attend"]["attention_weights"][0].mean(axis=1)
+      for i in range(model.config.num_encoder_layers)
+  ]  # per layer (B, tokens, tokens), mean over heads
+
+
+def encoder_attention(
+    model, params, source, indices: Sequence[int], batch_size: int
+) -> list[list[np.ndarray]]:
+  """For each query ``source.example(i)``, i in ``indices``: per self-attention layer of the video
+  context modeling, the (tokens, tokens) weights, mean over heads, over the real tokens only, in the
+  model's order: [saliency token; the clips of each stream in ``stream_names`` order]. A row sums to
+  1 (a token's attention over the real tokens). Batches are padded as in ``vqf_attention``."""
+  fn = jax.jit(functools.partial(_apply_with_encoder_weights, model=model))
+  num_streams = len(stream_names(model.config))
+  results = []
+  for start in range(0, len(indices), batch_size):
+    chunk = list(indices[start : start + batch_size])
+    examples = [source.example(i) for i in chunk]
+    per_layer = jax.device_get(fn(params, examples_lib.stack_examples(examples, batch_size)))
+    for row, example in enumerate(examples):
+      max_clips = example["video_mask"].shape[0]
+      num_clips = int(example["video_mask"].sum())
+      keep = np.concatenate(
+          [[0]] + [1 + s * max_clips + np.arange(num_clips) for s in range(num_streams)]
+      )
+      results.append([np.asarray(w[row][np.ix_(keep, keep)]) for w in per_layer])
+  return results
+
+
+def _clip_ranges(windows, clip_len: float, num_clips: int) -> list[range]:
+  """Each window (seconds) as the clips it covers."""
+  out = []
+  for start, end in windows:
+    first = int(np.floor(start / clip_len + 1e-6))
+    last = min(int(np.ceil(end / clip_len - 1e-6)), num_clips)
+    if last > first:
+      out.append(range(first, last))
+  return out
+
+
+ROUTING_KEYS = (
+    "own_event",
+    "look_alikes",
+    "own_clip",
+    "all_captions",
+    "own_event_per_clip",
+    "look_alikes_per_clip",
+)
+
+
+def caption_routing(
+    weights_NxN: np.ndarray, num_clips: int, target_windows, other_windows, clip_len: float
+) -> dict[str, float] | None:
+  """Where the target clips' video tokens look among the caption tokens, for one query and layer.
+
+  ``weights_NxN``: one layer of ``encoder_attention`` for a model with both streams ([sal; L video;
+  L caption]). ``target_windows``: the query's windows; ``other_windows``: windows of the video's
+  other queries (on the synthetic benchmark, the look-alike events: same actor and action, another
+  scene), seconds. Means over the target clips of the attention a video token gives to the caption
+  tokens of its own event (the window it lies in), of the look-alike events (the other windows,
+  clips of the query's windows left out), of its own clip, and of all clips; ``*_per_clip`` divide
+  the event masses by the events' lengths. None when the query has no look-alike window.
+  """
+  targets = _clip_ranges(target_windows, clip_len, num_clips)
+  target_clips = {c for r in targets for c in r}
+  look = sorted({c for r in _clip_ranges(other_windows, clip_len, num_clips) for c in r} - target_clips)
+  if not targets or not look:
+    return None
+  caption = lambda clips: 1 + num_clips + np.asarray(list(clips), int)  # noqa: E731
+  rows = {key: [] for key in ROUTING_KEYS}
+  for window in targets:
+    for clip in window:
+      row = weights_NxN[1 + clip]
+      own, others = row[caption(window)].sum(), row[caption(look)].sum()
+      rows["own_event"].append(own)
+      rows["look_alikes"].append(others)
+      rows["own_clip"].append(row[1 + num_clips + clip])
+      rows["all_captions"].append(row[1 + num_clips :].sum())
+      rows["own_event_per_clip"].append(own / len(window))
+      rows["look_alikes_per_clip"].append(others / len(look))
+  return {key: float(np.mean(values)) for key, values in rows.items()}
