@@ -3,6 +3,7 @@ read (I/O, permissions, an API change) is an error naming the step and the cause
 """
 
 import errno
+import json
 import logging
 import os
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import synthetic as synthetic_config
 from lmr_jax.data.position import DataPosition
 from lmr_jax.data.pipeline import DataPosition
 from lmr_jax.training import checkpoint as checkpoint_lib
@@ -132,3 +134,24 @@ def test_quieting_orbax_twice_adds_one_filter():
   checkpoint_lib.quiet_orbax_logs()
   assert len(handler.filters) <= before + 1
   assert sum(isinstance(f, checkpoint_lib._DropOrbaxInfo) for f in handler.filters) == 1
+
+
+def test_config_of_a_run_saved_before_a_key_existed_gets_the_value_it_trained_with(tmp_path):
+  """A config.json written before ``model.decoder_memory`` and ``model.clip_positions`` existed loads
+  with the values those runs trained with, so eval.py, resuming and the probe read it as it was."""
+  config = synthetic_config.get_config("eq5")
+  saved = json.loads(config.to_json_best_effort())
+  for key in checkpoint_lib.KEYS_BEFORE_ADDED:
+    del saved["model"][key.split(".")[1]]
+  (tmp_path / checkpoint_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  loaded = checkpoint_lib.load_config(str(tmp_path))
+  assert loaded.model.decoder_memory == "video_and_captions"
+  assert loaded.model.clip_positions == "normalized"
+  assert loaded.model.saliency_tokens == "video"
+  # Variants combine: model switches and the data's scene strength, which names the data folder.
+  both = synthetic_config.get_config("eq5,scene=0.3")
+  assert both.data.synthetic.visual_scene == 0.3 and both.model.saliency_tokens == "video"
+  assert both.data.feat_root == "data/synthetic_scene0.3/features"
+  assert synthetic_config.get_config("").data.feat_root == "data/synthetic/features"
+  with pytest.raises(ValueError, match="unknown synthetic variant 'hard'"):
+    synthetic_config.get_config("hard")
