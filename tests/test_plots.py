@@ -190,11 +190,12 @@ def test_caption_routing_of_a_known_attention_map():
   """Video token i looks at caption i alone: all of its attention is on its own event's captions,
   none on the look-alike's; spread evenly, each event gets its share per clip."""
   num_clips, clip_len = 10, 2.0
-  target, other = [[4.0, 10.0]], [[12.0, 16.0]]  # clips 2-4 and 6-7
+  # The query's window covers clips 2-4, the look-alike's clips 6-7.
+  windows = dict(target_windows=[[4.0, 10.0]], other_windows=[[12.0, 16.0]], clip_len=clip_len)
   sharp = np.zeros((1 + 2 * num_clips,) * 2)
   for i in range(num_clips):
     sharp[1 + i, 1 + num_clips + i] = 1.0
-  stats = attention.caption_routing(sharp, num_clips, target, other, clip_len)
+  stats = attention.caption_routing(sharp, num_clips, **windows)
   assert stats == {
       "own_event": 1.0,
       "look_alikes": 0.0,
@@ -204,10 +205,10 @@ def test_caption_routing_of_a_known_attention_map():
       "look_alikes_per_clip": 0.0,
   }
   flat = np.full_like(sharp, 1 / sharp.shape[1])
-  stats = attention.caption_routing(flat, num_clips, target, other, clip_len)
+  stats = attention.caption_routing(flat, num_clips, **windows)
   assert stats["own_event"] == pytest.approx(3 / 21) and stats["look_alikes"] == pytest.approx(2 / 21)
   assert stats["own_event_per_clip"] == pytest.approx(stats["look_alikes_per_clip"])
-  assert attention.caption_routing(flat, num_clips, target, [], clip_len) is None
+  assert attention.caption_routing(flat, num_clips, **{**windows, "other_windows": []}) is None
 
 
 def test_probe_cli_reads_the_encoder_attention_of_a_trained_workdir(trained, tmp_path, capsys):

@@ -78,7 +78,13 @@ def probe(workdir: str, checkpoint: str = "best", split: str | None = None, num_
     others = [w for qid, ws in windows_by_vid[ann.vid] if qid != ann.qid for w in ws]
     num_clips = (layers_weights[0].shape[0] - 1) // 2
     for layer, w in enumerate(layers_weights):
-      stats = attention.caption_routing(w, num_clips, ann.windows, others, config.data.clip_len)
+      stats = attention.caption_routing(
+          w,
+          num_clips,
+          target_windows=ann.windows,
+          other_windows=others,
+          clip_len=config.data.clip_len,
+      )
       if stats is not None:
         per_layer[layer].append(stats)
   result = {"step": step, "split": split, "num_queries": len(per_layer[0])}

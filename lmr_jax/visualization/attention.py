@@ -125,7 +125,7 @@ ROUTING_KEYS = (
 
 
 def caption_routing(
-    weights_NxN: np.ndarray, num_clips: int, target_windows, other_windows, clip_len: float
+    weights_NxN: np.ndarray, num_clips: int, *, target_windows, other_windows, clip_len: float
 ) -> dict[str, float] | None:
   """Where the target clips' video tokens look among the caption tokens, for one query and layer.
 
