@@ -5,7 +5,7 @@ Data flow for a batch (B queries, L clips, T query tokens, D hidden, K moment qu
   caption vectors (BxLxDc) --proj--> VQF(caption-encoder query tokens), same weights --> F~t
   [saliency token; F~v; F~t] --2 self-attention layers--> F_m = [x_s; x_v; x_t]
   saliency S_i = <W_s x_s, W_v x_v^i> / sqrt(D)                                        (Eq. 5)
-  the query sentence x K (content) + K learned anchor spans --2 DAB decoder layers over [x_v; x_t]-->
+  the query sentence x K (content) + K learned anchor spans --2 DAB decoder layers over [x_v; x_t] (or x_v)-->
   per layer (center, width) and foreground/background logits
 
 With ``use_caption_context=False`` and ``language_queries=False`` this is QD-DETR, parameter for
@@ -119,7 +119,8 @@ class LMR(nn.Module):
 
   def encode(self, streams, video_mask_BxL, *, train: bool, group_size: int):
     """VQF + video context modeling over ``streams`` = [(context_BxLxD, lang_BxTxD, lang_mask_BxT,
-    vqf)]; returns (memory = F_m without the saliency token, its mask, its positions, saliency_BxL).
+    vqf)]; returns (the decoder's memory: F_m's x_v or [x_v; x_t] as ``model.decoder_memory`` says,
+    its mask, its positions, saliency_BxL).
 
     A clip and its caption share the clip's position; positions enter queries and keys (DETR). The
     memory's positions are always the normalised code: the decoder matches them against its anchors'
