@@ -215,7 +215,7 @@ class InputNorm(nn.Module):
   ``affine=False`` drops the LayerNorm's scale and bias: the Dense that follows can absorb them (in
   evaluation exactly: W (g x + b) + c = (W diag g) x + (W b + c)), and without them no gradient flows
   below that Dense, so the backward pass skips the (B*L, 4096) input gradient, ~10 % of a QVHighlights
-  step's FLOPs (README, "Benchmark"). The default keeps QD-DETR's affine LayerNorm. Statistics are
+  step's FLOPs (docs/benchmark.md). The default keeps QD-DETR's affine LayerNorm. Statistics are
   float32; the output is ``dtype``.
   """
 
