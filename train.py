@@ -5,7 +5,7 @@ r"""Trains LMR: a thin absl entry point around ``lmr_jax.commands.train.train_an
 
 Rerunning the same command in the same workdir resumes from its latest checkpoint; SIGTERM or Ctrl-C
 saves a checkpoint after the current step and exits. On a cluster, run the same command on every host
-with --config.distributed=True (README, "Scale-out"). Errors in the data, config or checkpoints are one
+with --config.distributed=True (docs/scale_out.md). Errors in the data, config or checkpoints are one
 line on stderr (exit status 1; usage errors 2);
 --verbose adds the traceback and prints the config; --start_over trains a workdir anew, keeping the
 old run in previous_run_N/.

@@ -8,7 +8,7 @@ r"""LMR on QVHighlights with SlowFast+CLIP features and VideoChat-style caption 
 
 Data: the Moment-DETR feature release (slowfast_features, clip_features, clip_text_features) under
 data/qvhighlights/features, plus caption_features / caption_query_features written by preprocess/
-(README, "Preprocessing"). The paper's settings (Sec. IV-B), all from configs/base.py: hidden 256, no
+(docs/preprocess.md). The paper's settings (Sec. IV-B), all from configs/base.py: hidden 256, no
 FFN expansion (256), 2 VQF (T2V) + 2 self-attention + 2 decoder layers as QD-DETR, Eq. 5 saliency over
 the video tokens, language-conditioned decoder queries, k = 10, losses L1 10 / gIoU 1 / CE 4 and
 QD-DETR's saliency terms, Adam(W) lr 1e-4 wd 1e-4, batch 32, 200 epochs. QD-DETR's (the paper does not
@@ -19,7 +19,7 @@ its baseline). Peer predictions scored with this repo's evaluator on val: QD-DET
 R1@0.7 46.77, mAP 41.24; Moment-DETR (CLIP) R1@0.5 53.23, mAP 30.58 (docs/evaluation.md).
 
 Variants via `:arg`: "" (SlowFast + CLIP), "clip_only", "qd_detr" (QD-DETR itself: no captions,
-content-free queries, FFN 1024; parameter for parameter QD-DETR's, README "Fidelity").
+content-free queries, FFN 1024; parameter for parameter QD-DETR's, docs/fidelity.md).
 """
 
 import ml_collections

@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--clip_len", type=float, default=2.0, help="seconds per clip")
   p.add_argument("--frames_per_clip", type=int, default=8, help="frames a video LLM sees per clip")
   p.add_argument("--batch_size", type=int, default=8, help="clips per generate() call")
-  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument(
+      "--max_new_tokens", type=int, default=64, help="longest caption, in generated tokens"
+  )
   p.add_argument("--seed", type=int, default=0, help="seed of the per-video instruction draw")
   io_utils.add_run_args(p)
   runtime.add_device_args(p, half_on_gpu=True)

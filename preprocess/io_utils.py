@@ -98,7 +98,12 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
       "--num_shards", type=int, default=1, help="number of jobs the work is split into"
   )
-  parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+  parser.add_argument(
+      "--log_level",
+      default="INFO",
+      choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+      help="logging threshold (default: %(default)s)",
+  )
 
 
 def setup_logging(level: str) -> None:

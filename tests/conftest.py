@@ -304,8 +304,18 @@ SLOW_MODULES_FIRST = (
 )
 
 
+# The fast tier, `pytest -m "not slow"` (docs/testing.md): what trains, starts processes, drives a
+# browser or compiles whole train steps is marked slow, by hand (`pytest.mark.slow`) or here, for
+# every test that reads a trained workdir or the tiny Hugging Face models through these fixtures
+# (directly or through another fixture), so that a new test using them needs no mark of its own.
+SLOW_FIXTURES = frozenset({"tiny_trained", "clip_only_trained", "tiny_hf_models"})
+
+
 def pytest_collection_modifyitems(config, items):
   del config
+  for item in items:
+    if SLOW_FIXTURES & set(item.fixturenames):
+      item.add_marker(pytest.mark.slow)
   if os.environ.get("PYTEST_XDIST_WORKER"):
     rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

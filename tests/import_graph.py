@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = "lmr_jax"
 # Lowest first; an import may point within its own layer (acyclically) or to a lower one.
 LAYERS = (
-    ("lmr_jax.errors", "lmr_jax.fileio", "lmr_jax.cli"),
+    ("lmr_jax.errors", "lmr_jax.config_keys", "lmr_jax.fileio", "lmr_jax.cli"),
     ("lmr_jax.model", "lmr_jax.losses", "lmr_jax.data"),
     ("lmr_jax.training",),
     ("lmr_jax.evaluation", "lmr_jax.inference"),

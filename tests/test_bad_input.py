@@ -460,7 +460,7 @@ def test_verbose_adds_the_traceback(tmp_path, tiny_data_root, capsys):
   assert "Traceback" in err and err.splitlines()[-1].startswith("error: ")
 
 
-# --- k below the number of windows: the README's whole k-sweep ----------------------------------
+# --- k below the number of windows: the k-sweep of docs/training.md ----------------------------------
 
 K_SWEEP = (1, 3, 5, 8, 10, 20, 30)  # paper Tab. VII
 
@@ -482,6 +482,7 @@ def _five_windows(batch):
   return batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", K_SWEEP)
 def test_k_sweep_scores_queries_with_more_windows_than_k(tiny_data_root, k):
   """Every k of Tab. VII against 5 windows per query: the model's k moments and every loss term,
@@ -513,6 +514,7 @@ def test_k_sweep_scores_queries_with_more_windows_than_k(tiny_data_root, k):
   assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in terms.values())
 
 
+@pytest.mark.slow
 def test_fewer_queries_than_windows_train(tiny_data_root):
   """k=1 against 5 windows per query (it failed inside jit before): the loss falls on one batch."""
   config = _k_config(tiny_data_root, 1)
@@ -524,6 +526,7 @@ def test_fewer_queries_than_windows_train(tiny_data_root):
 # --- what a terminal shows -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_terminal_sees_one_line_and_no_banners(tiny_data_root, tmp_path):
   """A real process: a data error in train.py is exactly one stderr line, with no TensorFlow or absl
   banner or config dump before it, even without TF_CPP_MIN_LOG_LEVEL in the environment."""

@@ -8,15 +8,19 @@ import os
 import jax
 import pytest
 
-from lmr_jax import benchmark
+from lmr_jax.benchmark import __main__ as benchmark_cli
+from lmr_jax.benchmark import devices, report, roofline
+from lmr_jax.benchmark.profile import format_profile
+from lmr_jax.fileio import load_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_figure(tmp_path):
-  config = benchmark.load_config(os.path.join(CONFIGS, "tiny.py"))
+  config = load_config(os.path.join(CONFIGS, "tiny.py"))
   assert config.model.dtype == "float32"
-  results, profile = benchmark.run_benchmark(
+  results, profile = report.run_benchmark(
       config,
       steps=2,
       warmup=1,
@@ -26,7 +30,7 @@ def test_benchmark_reports_every_figure(tmp_path):
       profile_dir=str(tmp_path / "trace"),
       dtypes=("float32", "bfloat16"),
   )
-  keys = [row[0] for row in benchmark.ROWS]
+  keys = [row[0] for row in report.ROWS]
   assert sorted(results) == sorted(keys)
   # The CPU has no datasheet entry (no bandwidth) and reports no device memory statistics.
   assert jax.devices()[0].platform == "cpu"
@@ -34,9 +38,9 @@ def test_benchmark_reports_every_figure(tmp_path):
   assert all(results[key] is None for key in not_applicable)
   for key in set(keys) - not_applicable:
     assert math.isfinite(results[key]) and results[key] > 0, (key, results[key])
-  table = benchmark.format_table(results).splitlines()
+  table = report.format_table(results).splitlines()
   assert len(table) == 2 + len(keys)
-  assert all(row[1] in line for row, line in zip(benchmark.ROWS, table[2:]))
+  assert all(row[1] in line for row, line in zip(report.ROWS, table[2:]))
   assert "| device memory bandwidth (datasheet) | n/a |" in "\n".join(table)
 
   approx = lambda x: pytest.approx(x, rel=1e-9)  # noqa: E731
@@ -56,7 +60,7 @@ def test_benchmark_reports_every_figure(tmp_path):
   )
   # Projections: steps x step time.
   for key, steps in (("qvh", 200 * (7218 // 32)), ("charades", 100 * (12404 // 8))):
-    assert benchmark.SCHEDULES[key].steps == steps
+    assert roofline.SCHEDULES[key].steps == steps
     assert results[f"{key}_h"] == approx(steps * results["step_s"] / 3600)
     assert results[f"{key}_roofline_h"] == approx(steps * results["roofline_s"] / 3600)
   assert results["schedule_h"] == approx(2 * (7218 // 4) * results["step_s"] / 3600)
@@ -66,7 +70,7 @@ def test_benchmark_reports_every_figure(tmp_path):
   times = [ms for ms, _, _, _ in profile]
   assert times == sorted(times, reverse=True) and times[-1] > 0
   assert any("LMR" in scope and "transpose" in scope for _, _, _, scope in profile)  # backward ops
-  assert len(benchmark.format_profile(profile).splitlines()) == 2 + len(profile)
+  assert len(format_profile(profile).splitlines()) == 2 + len(profile)
 
 
 @pytest.mark.parametrize(
@@ -83,46 +87,47 @@ def test_benchmark_reports_every_figure(tmp_path):
     ],
 )
 def test_known_device_peaks(kind, name, bf16, hbm_tbps):
-  peak = benchmark.device_peak(kind)
+  peak = devices.device_peak(kind)
   assert (peak.name, peak.bf16, peak.hbm_tbps) == (name, bf16, hbm_tbps)
-  assert benchmark.datasheet_tflops(peak, "bfloat16") == bf16
+  assert devices.datasheet_tflops(peak, "bfloat16") == bf16
 
 
 @pytest.mark.parametrize(
     "kind", ["cpu", "NVIDIA L40S", "NVIDIA H100 PCIe", "NVIDIA H200 NVL", "TPU v6 lite", "Tesla T4"]
 )
 def test_unknown_devices_have_no_peak(kind):
-  assert benchmark.device_peak(kind) is None
-  assert benchmark.datasheet_tflops(None, "float32") is None
+  assert devices.device_peak(kind) is None
+  assert devices.datasheet_tflops(None, "float32") is None
 
 
 def test_float32_peak_follows_the_matmul_precision():
-  h100, tpu = benchmark.device_peak("NVIDIA H100 80GB HBM3"), benchmark.device_peak("TPU v4")
-  assert benchmark.datasheet_tflops(h100, "float32") == 494.5  # TF32, JAX's default on GPUs
-  assert benchmark.datasheet_tflops(tpu, "float32") == 275  # one bf16 pass, the TPU default
+  h100, tpu = devices.device_peak("NVIDIA H100 80GB HBM3"), devices.device_peak("TPU v4")
+  assert devices.datasheet_tflops(h100, "float32") == 494.5  # TF32, JAX's default on GPUs
+  assert devices.datasheet_tflops(tpu, "float32") == 275  # one bf16 pass, the TPU default
   with jax.default_matmul_precision("float32"):
-    assert benchmark.datasheet_tflops(h100, "float32") == 67
-    assert benchmark.datasheet_tflops(tpu, "float32") is None  # no datasheet figure: measured
+    assert devices.datasheet_tflops(h100, "float32") == 67
+    assert devices.datasheet_tflops(tpu, "float32") is None  # no datasheet figure: measured
 
 
 def test_roofline_is_the_slower_of_compute_and_memory():
-  assert benchmark.roofline_seconds(2e12, 1e9, 1000, 2.0) == pytest.approx(2e-3)  # compute
-  assert benchmark.roofline_seconds(2e12, 1e11, 1000, 2.0) == pytest.approx(5e-2)  # memory
-  assert benchmark.roofline_seconds(2e12, 1e11, 1000, None) == pytest.approx(2e-3)  # no bandwidth
+  assert roofline.roofline_seconds(2e12, 1e9, 1000, 2.0) == pytest.approx(2e-3)  # compute
+  assert roofline.roofline_seconds(2e12, 1e11, 1000, 2.0) == pytest.approx(5e-2)  # memory
+  assert roofline.roofline_seconds(2e12, 1e11, 1000, None) == pytest.approx(2e-3)  # no bandwidth
 
 
+@pytest.mark.slow
 def test_main_prints_the_device_and_writes_json(tmp_path, monkeypatch, capsys):
   calls = []
 
   def fake_run_benchmark(config, **kwargs):
     calls.append(kwargs)
-    figures = {row[0]: 0.25 for row in benchmark.ROWS}
+    figures = {row[0]: 0.25 for row in report.ROWS}
     return dict(figures, bandwidth_tbps=None, mfu_bfloat16=None), []
 
-  monkeypatch.setattr(benchmark, "run_benchmark", fake_run_benchmark)
+  monkeypatch.setattr(report, "run_benchmark", fake_run_benchmark)
   out = tmp_path / "bench.json"
   tiny = os.path.join(CONFIGS, "tiny.py")
-  benchmark.main([f"--config={tiny}", f"--json={out}"])
+  benchmark_cli.main([f"--config={tiny}", f"--json={out}"])
   assert calls[-1]["dtypes"] == ("float32", "bfloat16")  # the default: both
   header = capsys.readouterr().out.splitlines()[0]
   device = jax.devices()[0]
@@ -130,7 +135,7 @@ def test_main_prints_the_device_and_writes_json(tmp_path, monkeypatch, capsys):
     assert part in header
   assert f"{tiny}, batch 4, dtype float32" in header
   record = json.loads(out.read_text())
-  assert set(record["figures"]) == {row[0] for row in benchmark.ROWS}
+  assert set(record["figures"]) == {row[0] for row in report.ROWS}
   assert record["figures"]["bandwidth_tbps"] is None
   assert (record["device"], record["platform"]) == (device.device_kind, device.platform)
   assert (record["device_count"], record["dtype"]) == (jax.device_count(), "float32")
@@ -139,7 +144,7 @@ def test_main_prints_the_device_and_writes_json(tmp_path, monkeypatch, capsys):
   assert record["pass"]["peak_fraction"] is False  # 0.25 % < 45 %
   assert record["pass"]["compile_s"] is None  # no target
 
-  benchmark.main([f"--config={tiny}", "--dtypes=bfloat16", "--batch_size=2"])
+  benchmark_cli.main([f"--config={tiny}", "--dtypes=bfloat16", "--batch_size=2"])
   assert calls[-1]["dtypes"] == ("bfloat16",) and calls[-1]["batch_size"] == 2
   with pytest.raises(SystemExit):
-    benchmark.main([f"--config={tiny}", "--dtypes=float16"])
+    benchmark_cli.main([f"--config={tiny}", "--dtypes=float16"])

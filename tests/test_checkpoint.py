@@ -139,7 +139,7 @@ def test_quieting_orbax_twice_adds_one_filter():
 def test_config_of_a_run_saved_before_a_key_existed_gets_the_value_it_trained_with(tmp_path):
   """A config.json written before ``model.decoder_memory`` and ``model.clip_positions`` existed loads
   with the values those runs trained with, so eval.py, resuming and the probe read it as it was."""
-  config = synthetic_config.get_config("eq5")
+  config = synthetic_config.get_config("")
   saved = json.loads(config.to_json_best_effort())
   for key in checkpoint_lib.KEYS_BEFORE_ADDED:
     del saved["model"][key.split(".")[1]]
@@ -148,10 +148,12 @@ def test_config_of_a_run_saved_before_a_key_existed_gets_the_value_it_trained_wi
   assert loaded.model.decoder_memory == "video_and_captions"
   assert loaded.model.clip_positions == "normalized"
   assert loaded.model.saliency_tokens == "video"
-  # Variants combine: model switches and the data's scene strength, which names the data folder.
-  both = synthetic_config.get_config("eq5,scene=0.3")
-  assert both.data.synthetic.visual_scene == 0.3 and both.model.saliency_tokens == "video"
+  # The default is the paper's Eq. 5; `:sum` is the named extension. Variants combine: model
+  # switches and the data's scene strength, which names the data folder.
+  both = synthetic_config.get_config("sum,scene=0.3")
+  assert both.data.synthetic.visual_scene == 0.3 and both.model.saliency_tokens == "sum"
   assert both.data.feat_root == "data/synthetic_scene0.3/features"
   assert synthetic_config.get_config("").data.feat_root == "data/synthetic/features"
-  with pytest.raises(ValueError, match="unknown synthetic variant 'hard'"):
-    synthetic_config.get_config("hard")
+  for unknown in ("hard", "eq5"):  # Eq. 5 is the default, not a variant
+    with pytest.raises(ValueError, match=f"unknown synthetic variant '{unknown}'"):
+      synthetic_config.get_config(unknown)

@@ -23,6 +23,8 @@ from lmr_jax.inference import encoders as encoders_lib  # noqa: E402
 from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
 from tiny_models import write_video  # noqa: E402
 
+pytestmark = pytest.mark.slow  # serves the demo and drives a browser
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 QUERIES = "a man walking dog in the park\nwoman cooks food"
 MODEL_OPTIONS = {"max_new_tokens": 3, "caption_batch_size": 4}

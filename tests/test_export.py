@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 
 from configs import qvh
-from lmr_jax import benchmark
+from lmr_jax.benchmark import inputs as benchmark_inputs
 from lmr_jax.losses import matcher
-from lmr_jax.model import layers
+from lmr_jax.model import ops
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
+
+pytestmark = pytest.mark.slow  # lowers whole train and eval steps for three backends
 
 PLATFORMS_AND_DTYPES = [
     ("cpu", "float32"),
@@ -47,8 +49,8 @@ def export_steps(platform: str, dtype: str) -> Exports:
   config = qvh.get_config("").unlock()
   config.model.dtype = dtype
   # The model resolves "auto" from jax.default_backend() (the CPU here): resolve it for the target.
-  config.model.attention = layers.resolve_attention(config.model.attention, platform)
-  one_example = benchmark.random_batch(config, 1, np.random.default_rng(0))
+  config.model.attention = ops.resolve_attention(config.model.attention, platform)
+  one_example = benchmark_inputs.random_batch(config, 1, np.random.default_rng(0))
   batch = {
       key: jax.ShapeDtypeStruct((config.batch_size,) + value.shape[1:], value.dtype)
       for key, value in one_example.items()

@@ -25,6 +25,8 @@ from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.commands import train as train_lib
 from lmr_jax.data.position import DataPosition
 
+pytestmark = pytest.mark.slow  # kills and resumes real trainings
+
 
 def _fault_config(root):
   config = tiny_config(root)

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import import_graph
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -52,6 +54,43 @@ def test_long_functions_say_why():
   assert long == []
 
 
+def _help_text(call: ast.Call, position: int):
+  """The help argument of a flag definition: the ``help`` keyword or the positional at ``position``."""
+  for keyword in call.keywords:
+    if keyword.arg == "help":
+      return keyword.value
+  return call.args[position] if len(call.args) > position else None
+
+
+def _is_empty(node) -> bool:
+  return node is None or (isinstance(node, ast.Constant) and not str(node.value or "").strip())
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+  """argparse's ``add_argument`` and absl's ``DEFINE_*`` in every command (lmr_jax, preprocess and the
+  entry points) carry a help text, so ``--help`` describes every flag."""
+  sources = [*(ROOT / "lmr_jax").rglob("*.py"), *(ROOT / "preprocess").rglob("*.py")]
+  sources += [ROOT / name for name in ("train.py", "eval.py", "predict.py", "demo.py")]
+  bare, flags_seen = [], 0
+  for path in sorted(sources):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        continue
+      name = node.func.attr
+      if name == "add_argument":
+        help_node = _help_text(node, position=99)  # argparse takes help by keyword only
+      elif name.startswith("DEFINE_"):
+        help_node = _help_text(node, position=2)  # DEFINE_x(name, default, help, ...)
+      else:
+        continue
+      flags_seen += 1
+      if _is_empty(help_node):
+        bare.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+  assert flags_seen > 60  # the commands' flags are really read
+  assert bare == []
+
+
+@pytest.mark.slow
 def test_importing_lmr_jax_changes_no_global_state():
   """Every module imported in a fresh process: no environment variable, sys.path entry or logging
   handler filter is added, and TensorFlow keeps its GPUs (tf.data hides them when it is first used).

@@ -103,6 +103,7 @@ def test_inter_video_loss():
   assert float(value) == pytest.approx(math.log(8), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_total_loss_weights_every_term(cfg):
   rng = np.random.default_rng(0)
   outputs = {

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 from lmr_jax.data import dataset
 from lmr_jax.errors import ConfigError
-from lmr_jax.model import layers
+from lmr_jax.model import layers, ops
 from lmr_jax.model.lmr import LMR
 
 
@@ -42,6 +42,7 @@ def _apply(model_config, batch, train=False, seed=0, dropout_seed=1):
   return _applier(model_config, train, seed)(batch, jax.random.key(dropout_seed))
 
 
+@pytest.mark.slow
 def test_output_shapes(setup):
   config, batch = setup
   _, out = _apply(config.model, batch, train=True)
@@ -60,6 +61,7 @@ def _pad_to(x, axis, length):
   return np.pad(x, widths)
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_real_outputs(setup):
   config, batch = setup
   padded = dict(batch)
@@ -82,6 +84,7 @@ def test_padding_does_not_change_real_outputs(setup):
   )
 
 
+@pytest.mark.slow
 def test_masked_clips_are_ignored(setup):
   """Changing the features of padded clips or padded query tokens changes nothing."""
   config, batch = setup
@@ -111,6 +114,7 @@ ABLATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", sorted(ABLATIONS))
 def test_each_ablation_switch_changes_the_computation(setup, switch):
   config, batch = setup
@@ -133,6 +137,7 @@ def test_no_captions_model_needs_no_caption_inputs(setup):
   assert out["pred_spans"].shape[2] == config.model.num_queries
 
 
+@pytest.mark.slow
 def test_shared_vqf_has_one_set_of_weights(setup):
   config, batch = setup
   shared, _ = _apply(config.model, batch)
@@ -143,6 +148,7 @@ def test_shared_vqf_has_one_set_of_weights(setup):
   assert count(separate) - count(shared) == count(separate["caption_vqf"])
 
 
+@pytest.mark.slow
 def test_num_queries_sets_the_number_of_moments(setup):
   config, batch = setup
   cfg = config.model.copy_and_resolve_references()
@@ -151,6 +157,7 @@ def test_num_queries_sets_the_number_of_moments(setup):
   assert out["pred_spans"].shape[2] == 3
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training(setup):
   """Evaluation ignores the dropout key (another key gives the same outputs); training draws its masks
   from it (same key: same outputs, other key: other outputs, unlike evaluation's). In a run of the
@@ -171,6 +178,7 @@ def test_dropout_only_in_training(setup):
     assert not np.allclose(train_a[name], eval_a[name], atol=1e-3), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "batch, q_len, k_len, dropout_rate, chunks",
     [
@@ -190,13 +198,13 @@ def test_attention_paths_agree_at_qvhighlights_shapes(
       rng.normal(size=(batch, n, heads, head_dim)).astype(np.float32) for n in (q_len, k_len, k_len)
   ]
   lengths = rng.integers(k_len // 2, k_len + 1, batch)  # padded keys in most rows
-  mask = layers.key_mask(np.arange(k_len)[None] < lengths[:, None], q_len)[:, None]  # (B, 1, Q, K)
+  mask = ops.key_mask(np.arange(k_len)[None] < lengths[:, None], q_len)[:, None]  # (B, 1, Q, K)
   cotangent = rng.normal(size=qkv[0].shape).astype(np.float32)
 
   # The arrays are arguments, not constants closed over: XLA would constant-fold the whole attention
   # and its gradient at compile time (a minute per case on this CPU).
   def outputs_and_grads(implementation, qkv, mask, cotangent):
-    attention = lambda q, k, v: layers.dot_product_attention(  # noqa: E731
+    attention = lambda q, k, v: ops.dot_product_attention(  # noqa: E731
         q,
         k,
         v,
@@ -208,13 +216,13 @@ def test_attention_paths_agree_at_qvhighlights_shapes(
     out, vjp = jax.vjp(attention, *qkv)
     return out, vjp(cotangent)
 
-  real_num_chunks, chunk_counts = layers._num_chunks, []
+  real_num_chunks, chunk_counts = ops._num_chunks, []
 
   def counted(*args, **kwargs):
     chunk_counts.append(real_num_chunks(*args, **kwargs))
     return chunk_counts[-1]
 
-  monkeypatch.setattr(layers, "_num_chunks", counted)
+  monkeypatch.setattr(ops, "_num_chunks", counted)
   chunked = jax.jit(functools.partial(outputs_and_grads, "chunked"))(qkv, mask, cotangent)
   assert chunk_counts == [chunks]  # (B, 8, Q, K) float32 logits of B / chunks rows fit in 3 MiB
   batched = jax.jit(functools.partial(outputs_and_grads, "einsum"))(qkv, mask, cotangent)
@@ -227,22 +235,22 @@ def test_attention_paths_agree_at_qvhighlights_shapes(
 
 
 def test_attention_implementation_follows_the_backend():
-  assert layers.resolve_attention("auto", "cpu") == "chunked"
-  assert layers.resolve_attention("auto", "cuda") == "einsum"
-  assert layers.resolve_attention("auto", "tpu") == "einsum"
-  assert layers.resolve_attention("chunked", "tpu") == "chunked"
-  assert layers.resolve_attention("auto") == "chunked"  # this machine: the CPU
+  assert ops.resolve_attention("auto", "cpu") == "chunked"
+  assert ops.resolve_attention("auto", "cuda") == "einsum"
+  assert ops.resolve_attention("auto", "tpu") == "einsum"
+  assert ops.resolve_attention("chunked", "tpu") == "chunked"
+  assert ops.resolve_attention("auto") == "chunked"  # this machine: the CPU
   with pytest.raises(ConfigError, match="config.model.attention 'flash' is not one of"):
-    layers.resolve_attention("flash")
+    ops.resolve_attention("flash")
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.25, 0.1, 0.0])
 def test_keep_mask_draws_the_configured_rate(rate):
-  keep, keep_prob = layers.keep_mask(jax.random.key(0), rate, (600, 257))
+  keep, keep_prob = ops.keep_mask(jax.random.key(0), rate, (600, 257))
   assert keep.shape == (600, 257) and keep.dtype == jnp.bool_
   assert keep_prob == pytest.approx(1.0 - rate, abs=2**-16)  # exact at 8 bits, 2^-16 otherwise
   assert float(keep.mean()) == pytest.approx(keep_prob, abs=0.005)  # 154k draws: ~6 sigma
-  other, _ = layers.keep_mask(jax.random.key(1), rate, (600, 257))
+  other, _ = ops.keep_mask(jax.random.key(1), rate, (600, 257))
   assert rate == 0.0 or not np.array_equal(keep, other)
 
 
@@ -262,9 +270,10 @@ def test_input_norm_without_affine_is_normalised_and_dropped():
   np.testing.assert_allclose(dropped[kept], 2.0 * y[kept], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_affine_input_norm_folds_into_the_dense():
   """In evaluation the QD-DETR input LayerNorm's scale and bias fold exactly into the next Dense:
-  W (g x + b) + c = (W diag g) x + (W b + c), the README's claim for ``input_norm_affine=False``."""
+  W (g x + b) + c = (W diag g) x + (W b + c), docs/fidelity.md's claim for ``input_norm_affine=False``."""
   rng = np.random.default_rng(1)
   x = rng.normal(1.0, 3.0, (2, 5, 12)).astype(np.float32)
   affine = layers.InputProjection(8, 0.5, affine_first_norm=True)
@@ -283,6 +292,7 @@ def test_affine_input_norm_folds_into_the_dense():
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_outputs_do_not_depend_on_batch_mates_unless_qd_detr_mask(setup):
   """A query's outputs are its own; QD-DETR's T2V mask (a parity-only switch) mixes in the padding
   of the other queries of the batch."""
@@ -302,6 +312,7 @@ def test_outputs_do_not_depend_on_batch_mates_unless_qd_detr_mask(setup):
     assert close == same, (quirk, np.abs(out["saliency"][:1] - alone["saliency"]).max())
 
 
+@pytest.mark.slow
 def test_saliency_of_video_tokens_or_summed_tokens(setup):
   """Eq. 5 scores the video tokens of F_m; the "sum" variant also reads each clip's caption token."""
   config, batch = setup
@@ -324,6 +335,7 @@ def _dot_operand_dtypes(jaxpr) -> set:
   return dtypes
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32(setup):
   """``model.dtype="bfloat16"``: the same float32 parameters, every matmul in bf16, float32 outputs
   within bf16's rounding of the float32 model's (measured max |diff|: spans 0.004, logits 0.02,
@@ -347,6 +359,7 @@ def test_bfloat16_compute_stays_close_to_float32(setup):
     jax.eval_shape(lambda: LMR(cfg).init(jax.random.key(0), batch, train=False))
 
 
+@pytest.mark.slow
 def test_decoder_memory_video_reads_only_the_video_tokens(setup):
   """``decoder_memory="video"`` (Sec. III-C): the decoder's keys are the L video tokens of F_m; the
   saliency (the encoder's output) is the same, the moments are not; with the visual stream off it
@@ -368,12 +381,13 @@ def test_decoder_memory_video_reads_only_the_video_tokens(setup):
   assert np.isfinite(captions_only["pred_spans"]).all()
 
 
+@pytest.mark.slow
 def test_clip_positions_normalised_or_raw_index(setup):
   """QD-DETR's code turns its fastest frequency once over the video; DETR's raw index
   (``clip_positions="index"``) tells neighbouring clips apart. Both count real clips only."""
   mask = np.array([[True] * 6 + [False] * 2, [True] * 8])
-  normalized = np.asarray(layers.masked_sine_positions(mask, 16))
-  index = np.asarray(layers.masked_sine_positions(mask, 16, normalize=False))
+  normalized = np.asarray(ops.masked_sine_positions(mask, 16))
+  index = np.asarray(ops.masked_sine_positions(mask, 16, normalize=False))
   clip = np.arange(1, 9, dtype=np.float32)
   np.testing.assert_allclose(index[1, :, 0], np.sin(clip), atol=1e-6)
   np.testing.assert_allclose(index[1, :, 1], np.cos(clip), atol=1e-6)
@@ -382,7 +396,7 @@ def test_clip_positions_normalised_or_raw_index(setup):
   # Five clips apart in a 75-clip video at the model's width: 0.995 against 0.74.
   long_video = np.ones((1, 75), bool)
   for normalize, low, high in ((True, 0.99, 1.0), (False, 0.0, 0.8)):
-    p = np.asarray(layers.masked_sine_positions(long_video, 256, normalize=normalize))[0]
+    p = np.asarray(ops.masked_sine_positions(long_video, 256, normalize=normalize))[0]
     cosine = p[30] @ p[35] / np.linalg.norm(p[30]) / np.linalg.norm(p[35])
     assert low < cosine < high, (normalize, cosine)
   config, batch = setup

@@ -187,6 +187,7 @@ def test_bad_feature_file_fails_packing_and_leaves_nothing(tiny_data_root, tmp_p
     _packed_source(out, "train", data, with_captions=True, training=True)
 
 
+@pytest.mark.slow
 def test_command_line_packs_an_unlabelled_split(tiny_data_root, tmp_path):
   config = tiny_config(tiny_data_root)
   out = str(tmp_path / "cli")

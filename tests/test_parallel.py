@@ -21,6 +21,8 @@ from conftest import (
 from lmr_jax.training import parallel
 from lmr_jax.commands import train as train_lib
 
+pytestmark = pytest.mark.slow  # trains on 1, 4 and 2x2 devices, two processes
+
 # Splitting the batch over devices reorders the float sums of the losses and gradients; a few Adam
 # steps keep that at float32 round-off (observed differences are ~1e-7), far below a real change.
 LOSS_RTOL = 1e-5

@@ -15,6 +15,8 @@ from lmr_jax.inference import predictor as predictor_lib
 from lmr_jax.port import qd_detr
 from lmr_jax.training import checkpoint as checkpoint_lib
 
+pytestmark = pytest.mark.slow  # runs QD-DETR-sized models and converts checkpoints
+
 PARITY = os.path.join(FIXTURES, "qddetr_parity")
 
 

@@ -4,6 +4,7 @@ its checkpoint restores into the float32 model."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import tiny_config, train_on_one_batch
 from lmr_jax.data.position import DataPosition
@@ -11,6 +12,8 @@ from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import parallel
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
+
+pytestmark = pytest.mark.slow  # trains in bfloat16 and restores in float32
 
 
 def test_bfloat16_run_trains_and_restores_in_float32(tiny_data_root, tmp_path):

@@ -292,6 +292,7 @@ def test_interrupted_run_keeps_finished_videos_and_resumes(
   assert "captions: 2 written, 1 already done, 0 failed" in caplog.text
 
 
+@pytest.mark.slow
 def test_unreadable_and_missing_videos_are_reported_and_the_rest_finish(ckpt, videos, tmp_path):
   video_dir = tmp_path / "videos"
   video_dir.mkdir()

@@ -105,6 +105,7 @@ def test_resident_training_equals_the_tf_data_run(tiny_trained, tmp_path):
   assert "MR-full-mAP" in metrics["brief"]
 
 
+@pytest.mark.slow
 def test_data_that_does_not_fit_stop_before_the_workdir_is_touched(
     train_source, tmp_path, monkeypatch
 ):
@@ -147,6 +148,7 @@ def test_fit_check_reads_the_accelerators_memory():
     resident.check_fits(int(8.5 * 2**30), [gpu])
 
 
+@pytest.mark.slow
 def test_steps_per_dispatch_needs_resident_data(tiny_data_root, tmp_path):
   config = tiny_config(tiny_data_root)
   config.steps_per_dispatch = 4
@@ -156,7 +158,7 @@ def test_steps_per_dispatch_needs_resident_data(tiny_data_root, tmp_path):
 
 
 def test_footprint_bounds_the_tables(train_source):
-  """The README's footprints come from ``footprint_bytes`` (durations and max_query_tokens, no feature
+  """docs/accelerators.md's footprints come from ``footprint_bytes`` (durations and max_query_tokens, no feature
   file read): an upper bound of what ``build_tables`` holds, and not a loose one for the clips."""
   config, source = train_source
   for dtype in resident.RESIDENT_DTYPES:

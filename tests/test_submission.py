@@ -232,6 +232,7 @@ def test_cli_prints_brief_and_saves_metrics(tmp_path, capsys):
   assert os.path.exists(tmp_path / "preds_metrics.json")
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
   preds = _write_lines(tmp_path / "preds.jsonl", [json.dumps(_pred(1)), "not json"])
   gt = _write_lines(tmp_path / "gt.jsonl", [json.dumps(_gt(1))])

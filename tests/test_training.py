@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from configs import base
 from conftest import logged_train_losses, restore_checkpoint, tiny_config, train_on_one_batch
+from lmr_jax import config_keys
 from lmr_jax.data import pipeline
 from lmr_jax.commands import train as train_lib
 from lmr_jax.data.position import DataPosition
@@ -18,6 +19,7 @@ from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import trainer
 
 
+@pytest.mark.slow
 def test_train_steps_decrease_loss_on_a_fixed_batch(tiny_data_root):
   """At the paper's depths (2 VQF, 2 encoder and 2 decoder layers, so the decoder's auxiliary
   losses too), where the tiny config has one of each."""
@@ -76,6 +78,7 @@ def test_resume_continues_exactly(tiny_trained, tmp_path, capsys):
   assert "MR-full-mAP" in final_metrics["brief"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     tiny_data_root, tmp_path, monkeypatch
 ):
@@ -114,7 +117,7 @@ def test_schedules_by_their_closed_forms():
   """Learning rate 1e-3, 4 warmup steps, 104 steps in all. Cosine: 0 -> 1e-3 linearly over the warmup,
   then half a cosine period down to 0 at the last step, 0 after it; constant: the same warmup, then
   1e-3 for good. Without warmup both start at the peak."""
-  assert sorted(train_step_lib.SCHEDULES) == ["constant", "cosine"]
+  assert sorted(train_step_lib.SCHEDULES) == sorted(config_keys.SCHEDULES) == ["constant", "cosine"]
   schedule = lambda name, warmup: train_step_lib.make_optimizer(  # noqa: E731
       _optim(schedule=name, learning_rate=1e-3, warmup_steps=warmup), 104
   )[1]

@@ -36,7 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument(
       "--save_path", help="metrics json (default: <submission stem>_metrics.json beside it)"
   )
-  parser.add_argument("--evaluator", choices=sorted(evaluators.METRICS), default="qvhighlights")
+  parser.add_argument(
+      "--evaluator",
+      choices=sorted(evaluators.METRICS),
+      default="qvhighlights",
+      help="metrics to compute (default: %(default)s)",
+  )
   return cli.argparse_main(parser, _score, argv)
 
 

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from lmr_jax import fileio
+from lmr_jax import config_keys
 from lmr_jax.data import synthetic
 from lmr_jax.errors import ConfigError
 
-RESIDENT_DTYPES = ("float32", "bfloat16")  # config.data.resident_dtype
-
-# Counts that must be at least 1, and lengths (seconds) that must be positive.
-_COUNTS = ("max_clips", "max_query_tokens", "max_windows", "query_dim", "caption_dim")
-_SECONDS = ("clip_len", "caption_clip_len")
-_FOLDERS = ("query_feat_dir", "caption_feat_dir", "caption_query_feat_dir")
 
 
 def _value(data, key: str):
@@ -79,22 +73,8 @@ def _check_synthetic(data) -> None:
 def check_data_config(data: ml_collections.ConfigDict) -> None:
   """Raises a ``ConfigError`` naming the ``config.data.<key>`` of the first value that cannot work;
   reads no file and changes nothing (``example_source`` and ``prepare`` call it first)."""
-  for key in _COUNTS:
-    if not _is_count(_value(data, key)):
-      raise ConfigError(f"config.data.{key} must be an integer >= 1, got {data[key]!r}")
-  for key in _SECONDS:
-    if not fileio.is_number(_value(data, key)) or data[key] <= 0:
-      raise ConfigError(
-          f"config.data.{key} must be a positive number of seconds, got {data[key]!r}"
-      )
-  for key in _FOLDERS:
-    if not isinstance(_value(data, key), str) or not data[key]:
-      raise ConfigError(f"config.data.{key} must name a feature folder, got {data[key]!r}")
+  config_keys.check(data, prefix="data.")  # each declared key alone (lmr_jax/config_keys.py)
   _check_streams(data)
   _check_files(data)
-  if _value(data, "resident_dtype") not in RESIDENT_DTYPES:
-    raise ConfigError(
-        f"config.data.resident_dtype {data.resident_dtype!r} is not one of {RESIDENT_DTYPES}"
-    )
   if _value(data, "generate_synthetic"):
     _check_synthetic(data)

@@ -37,7 +37,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from lmr_jax import cli
+from lmr_jax import cli, config_keys
 from lmr_jax.data import checks
 from lmr_jax.data import features as features_lib
 from lmr_jax.data import pipeline
@@ -48,21 +48,7 @@ from lmr_jax.data.queries import DataError, QueryAnnotation
 NAME = "lmr_packed"
 VERSION = "1.0.0"
 # The config.data fields that decide what features.load_video / load_query_tokens return.
-SETTINGS = (
-    "name",
-    "visual_streams",
-    "visual_dims",
-    "query_feat_dir",
-    "query_dim",
-    "caption_feat_dir",
-    "caption_query_feat_dir",
-    "caption_dim",
-    "clip_len",
-    "caption_clip_len",
-    "max_clips",
-    "max_query_tokens",
-    "use_tef",
-)
+SETTINGS = config_keys.stored_data_keys()
 
 
 def dataset_dir(packed_dir: str, split: str) -> str:

@@ -28,7 +28,7 @@ from lmr_jax import fileio
 from lmr_jax.data import features as features_lib
 from lmr_jax.data import order
 from lmr_jax.data import queries as queries_lib
-from lmr_jax.data.checks import RESIDENT_DTYPES
+from lmr_jax.config_keys import RESIDENT_DTYPES
 from lmr_jax.data.examples import ExampleSource
 from lmr_jax.data.queries import DataError
 
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
   features would take with ``config.data.device_resident``, at float32 and bfloat16."""
   parser = argparse.ArgumentParser(description=main.__doc__.split(":", 1)[1].strip())
   parser.add_argument("--config", default="configs/qvh.py", help="config file[:arg]")
-  parser.add_argument("--split", default="train")
+  parser.add_argument("--split", default="train", help="the config's split whose features to size")
   parser.add_argument("--annotations", default="", help="this file instead of the config's split")
   return cli.argparse_main(parser, _report, argv)
 

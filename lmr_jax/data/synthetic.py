@@ -112,31 +112,54 @@ QUERY_TEMPLATES = (
 )
 
 
+def _setting(default, help_text: str):
+  """A setting's default and the one line ``--help`` shows for it."""
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
   """Sizes and difficulty. ``visual_noise`` is the per-dimension noise std relative to the signal;
   ``visual_scene`` the length of an event's scene direction in its clips' visual features, against 1
   for its actor's and its action's (0: the visual features carry no scene)."""
 
-  seed: int = 0
-  train_videos: int = 600
-  val_videos: int = 150
-  test_videos: int = 150
-  min_clips: int = 50
-  max_clips: int = 75
-  clip_len: float = 2.0
-  min_event_clips: int = 5
-  max_event_clips: int = 15
-  max_core_events: int = 3  # events sharing actor and action (2..this), in different scenes
-  repeated_scene_prob: float = 0.3  # chance that a 3-event core repeats a scene (two windows)
-  max_other_events: int = 1
-  caption_scene_missing_prob: float = 0.25
-  visual_noise: float = 0.6
-  visual_scene: float = 0.0
-  slowfast_dim: int = 2304
-  clip_dim: int = 512
-  text_dim: int = 512  # CLIP text token features of queries
-  caption_dim: int = 512  # the frozen LLM embedding width (Llama-7B: 4096)
+  seed: int = _setting(
+      0, "random seed of the whole benchmark (same seed and settings: the same files)"
+  )
+  train_videos: int = _setting(600, "videos in the train split")
+  val_videos: int = _setting(150, "videos in the val split")
+  test_videos: int = _setting(
+      150, "videos in the test split (written unlabelled and as test_with_gt)"
+  )
+  min_clips: int = _setting(50, "fewest clips per video")
+  max_clips: int = _setting(75, "most clips per video")
+  clip_len: float = _setting(2.0, "seconds per clip")
+  min_event_clips: int = _setting(5, "fewest clips per event")
+  max_event_clips: int = _setting(15, "most clips per event")
+  max_core_events: int = _setting(
+      3,
+      "events sharing actor and action (2..this), in different scenes: a query's "
+      "target and its look-alikes",
+  )
+  repeated_scene_prob: float = _setting(
+      0.3, "chance that a 3-event core repeats a scene (the query then has two windows)"
+  )
+  max_other_events: int = _setting(1, "events with another actor and action per video (0..this)")
+  caption_scene_missing_prob: float = _setting(0.25, "share of captions that do not name the scene")
+  visual_noise: float = _setting(
+      0.6, "per-dimension noise std of the visual features, relative to the signal"
+  )
+  visual_scene: float = _setting(
+      0.0,
+      "length of an event's scene direction in its clips' visual features, against 1 "
+      "for actor and action (0: none)",
+  )
+  slowfast_dim: int = _setting(2304, "width of the SlowFast-like visual stream")
+  clip_dim: int = _setting(512, "width of the CLIP-like visual stream")
+  text_dim: int = _setting(512, "width of the CLIP text token features of queries")
+  caption_dim: int = _setting(
+      512, "width of the caption vectors and caption-encoder query tokens (Llama-7B: 4096)"
+  )
 
 
 _COUNTS = ("train_videos", "val_videos", "test_videos", "min_clips", "min_event_clips")
@@ -502,9 +525,16 @@ def ensure(data) -> None:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out_dir", required=True)
+  parser.add_argument(
+      "--out_dir", required=True, help="folder for annotations/ and features/ (made if missing)"
+  )
   for field in dataclasses.fields(SyntheticConfig):
-    parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    parser.add_argument(
+        f"--{field.name}",
+        type=type(field.default),
+        default=field.default,
+        help=f"{field.metadata['help']} (default: %(default)s)",
+    )
 
   def body(args) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "verbose")}

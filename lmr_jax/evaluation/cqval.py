@@ -193,8 +193,12 @@ def format_score_rows(rows: list[dict], title: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description="Build the C-QVal complex-query validation splits.")
   parser.add_argument("--annotations", required=True, help="QVHighlights-style JSON Lines (.gz ok)")
-  parser.add_argument("--out_dir", required=True)
-  parser.add_argument("--spacy_model", default=DEFAULT_SPACY_MODEL)
+  parser.add_argument(
+      "--out_dir", required=True, help="folder for the splits and cqval_sizes.md (made if missing)"
+  )
+  parser.add_argument(
+      "--spacy_model", default=DEFAULT_SPACY_MODEL, help="installed spaCy English pipeline to parse with"
+  )
   return cli.argparse_main(parser, _build, argv)
 
 

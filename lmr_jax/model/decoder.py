@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmr_jax.model import layers
+from lmr_jax.model import layers, ops
 
 
 class DecoderLayer(nn.Module):
@@ -55,7 +55,7 @@ class DecoderLayer(nn.Module):
     attend = lambda name: layers.Attend(  # noqa: E731
         h, self.dropout, self.dtype, self.attention, name=name
     )
-    attn = attend("self_attn")(q, k, v, layers.key_mask(all_queries, num_queries), train=train)
+    attn = attend("self_attn")(q, k, v, ops.key_mask(all_queries, num_queries), train=train)
     tgt = layers.layer_norm("norm1", self.dtype)(tgt_BxKxD + drop(attn))
 
     q = dense("ca_qcontent_proj")(tgt)
@@ -75,7 +75,7 @@ class DecoderLayer(nn.Module):
         concat(q, q_sine),
         concat(k, k_pos),
         v,
-        layers.key_mask(memory_mask_BxL, num_queries),
+        ops.key_mask(memory_mask_BxL, num_queries),
         train=train,
     )
     tgt = layers.layer_norm("norm2", self.dtype)(tgt + drop(attn))
@@ -109,7 +109,7 @@ class AnchorDecoder(nn.Module):
     reference = anchors_BxKx2
     hidden, starts = [], []
     for i in range(self.num_layers):
-      sine = layers.sine_embed_spans(reference, d)
+      sine = ops.sine_embed_spans(reference, d)
       query_pos = ref_point_head(sine)
       if i > 0:
         sine = sine * query_scale(output)
@@ -129,7 +129,7 @@ class AnchorDecoder(nn.Module):
       # refined anchors before detaching them); the next layer's input anchor does not.
       starts.append(reference if i == 0 else refined)
       refined = jax.nn.sigmoid(
-          bbox_embed(output).astype(jnp.float32) + layers.inverse_sigmoid(reference)
+          bbox_embed(output).astype(jnp.float32) + ops.inverse_sigmoid(reference)
       )
       reference = jax.lax.stop_gradient(refined)
     return jnp.stack(hidden), jnp.stack(starts)

@@ -23,12 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lmr_jax.config_keys import CLIP_POSITIONS, DECODER_MEMORY, DTYPES, SALIENCY_TOKENS
 from lmr_jax.errors import ConfigError
-from lmr_jax.model import decoder, layers
-
-SALIENCY_TOKENS = ("video", "sum")
-DECODER_MEMORY = ("video", "video_and_captions")
-DTYPES = ("float32", "bfloat16")
+from lmr_jax.model import decoder, layers, ops
 
 
 def compute_dtype(model_config: ml_collections.ConfigDict) -> jnp.dtype:
@@ -75,11 +72,11 @@ class LMR(nn.Module):
       raise ConfigError(f"config.model.saliency_tokens must be one of {SALIENCY_TOKENS}")
     if cfg.decoder_memory not in DECODER_MEMORY:
       raise ConfigError(f"config.model.decoder_memory must be one of {DECODER_MEMORY}")
-    if cfg.clip_positions not in layers.CLIP_POSITIONS:
-      raise ConfigError(f"config.model.clip_positions must be one of {layers.CLIP_POSITIONS}")
+    if cfg.clip_positions not in CLIP_POSITIONS:
+      raise ConfigError(f"config.model.clip_positions must be one of {CLIP_POSITIONS}")
     dt = self.dtype = compute_dtype(cfg)
     # Resolved when the model is traced: the backend it is compiled for picks the attention layout.
-    attention = layers.resolve_attention(cfg.attention)
+    attention = ops.resolve_attention(cfg.attention)
     proj = lambda: layers.InputProjection(  # noqa: E731
         d, cfg.input_dropout, cfg.input_norm_affine, dtype=dt
     )
@@ -129,19 +126,19 @@ class LMR(nn.Module):
     """
     cfg = self.config
     batch_size, num_clips = video_mask_BxL.shape
-    normalized_BxLxD = layers.masked_sine_positions(video_mask_BxL, cfg.hidden_dim)
+    normalized_BxLxD = ops.masked_sine_positions(video_mask_BxL, cfg.hidden_dim)
     if cfg.clip_positions == "normalized":
       pos_BxLxD = normalized_BxLxD
     else:
-      pos_BxLxD = layers.masked_sine_positions(video_mask_BxL, cfg.hidden_dim, normalize=False)
+      pos_BxLxD = ops.masked_sine_positions(video_mask_BxL, cfg.hidden_dim, normalize=False)
     pos_BxLxD, normalized_BxLxD = pos_BxLxD.astype(self.dtype), normalized_BxLxD.astype(self.dtype)
     tokens = []
     for context, lang, lang_mask, vqf in streams:
       if cfg.use_vqf:
         if cfg.qd_detr_t2v_mask:
-          mask = layers.qd_detr_t2v_mask(video_mask_BxL, lang_mask, cfg.num_heads, group_size)
+          mask = ops.qd_detr_t2v_mask(video_mask_BxL, lang_mask, cfg.num_heads, group_size)
         else:
-          mask = layers.key_mask(lang_mask, num_clips)
+          mask = ops.key_mask(lang_mask, num_clips)
         context = vqf(context, pos_BxLxD, lang, mask, train=train)
       tokens.append(context)
     tile = lambda v: jnp.broadcast_to(v.astype(self.dtype), (batch_size, 1, cfg.hidden_dim))  # noqa: E731
@@ -159,7 +156,7 @@ class LMR(nn.Module):
     memory_pos = jnp.concatenate([normalized_BxLxD] * len(tokens), axis=1)[:, :num_read]
     if cfg.saliency_tokens == "video":
       clips = memory[:, :num_clips]  # Eq. 5's video tokens x_v^i: the first stream's
-    else:  # "sum": a clip's streams' tokens summed (a documented variant, not the paper's)
+    else:  # "sum": a clip's streams' tokens summed (a named extension, not the paper's)
       clips = sum(memory[:, i * num_clips : (i + 1) * num_clips] for i in range(len(tokens)))
     saliency = jnp.einsum(
         "bld,bd->bl",
@@ -240,7 +237,7 @@ class LMR(nn.Module):
     hidden, starts = self.decoder(tgt, anchors, memory, memory_pos, memory_mask, train=train)
     # Each layer predicts an offset from the anchor it started from (DAB-DETR).
     outputs["pred_spans"] = jax.nn.sigmoid(
-        self.span_head(hidden).astype(jnp.float32) + layers.inverse_sigmoid(starts)
+        self.span_head(hidden).astype(jnp.float32) + ops.inverse_sigmoid(starts)
     )  # (layers, B, K, 2) center/width in [0, 1]
     outputs["pred_logits"] = self.class_head(hidden).astype(jnp.float32)  # (layers, B, K, 2)
     return outputs

@@ -229,7 +229,7 @@ SALIENCY_PARTS = ("saliency_hinge", "saliency_rank_contrastive", "saliency_inter
 def run_fixture(path: str, qd_detr_t2v_mask: bool = True) -> dict[str, np.ndarray]:
   """Our eval-mode outputs and loss terms on a QD-DETR parity fixture, under the fixture's names.
 
-  ``qd_detr_t2v_mask``: reproduce QD-DETR's batch-mixing T2V mask (layers.qd_detr_t2v_mask), which
+  ``qd_detr_t2v_mask``: reproduce QD-DETR's batch-mixing T2V mask (ops.qd_detr_t2v_mask), which
   its outputs carry; off, queries with differently padded batch-mates come out slightly different.
   """
   import jax  # noqa: PLC0415

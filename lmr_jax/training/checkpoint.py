@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from lmr_jax import fileio
+from lmr_jax import config_keys, fileio
 from lmr_jax.data.position import DataPosition
 from lmr_jax.errors import LmrError
 
@@ -106,10 +106,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 # Config keys added after runs were first saved, with the value that reproduces what those runs
 # trained: a config.json without the key was trained that way.
-KEYS_BEFORE_ADDED = {
-    "model.decoder_memory": "video_and_captions",
-    "model.clip_positions": "normalized",
-}
+KEYS_BEFORE_ADDED = config_keys.before_added()
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

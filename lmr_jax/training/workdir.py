@@ -19,50 +19,16 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from lmr_jax import fileio
+from lmr_jax import config_keys, fileio
 from lmr_jax.errors import ConfigError, LmrError
 from lmr_jax.training import checkpoint as checkpoint_lib
 from lmr_jax.training import metric_log
 
-# Keys that say where data lives, how the run is placed on devices, how long it runs and how often it
-# reports: they may change between a run and its resumption or evaluation without changing what the
-# steps compute.
-RUN_CONTROL_KEYS = (
-    "num_devices",
-    "distributed",
-    "fsdp",
-    "steps_per_dispatch",
-    "eval_batch_size",
-    "num_epochs",
-    "log_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "eval_every_epochs",
-    "evals",
-    "eval_split",
-    "eval_round_to_clip",
-    "data.name",
-    "data.feat_root",
-    "data.annotation_files",
-    "data.packed_dir",
-    "data.preload",
-    "data.generate_synthetic",
-    "data.device_resident",
-    "data.resident_dtype",
-    "model.attention",
-)
-# What only training reads: evaluating a checkpoint with other values gives the same numbers.
-TRAINING_ONLY_KEYS = (
-    "seed",
-    "batch_size",
-    "best_metric",
-    "optim",
-    "loss",
-    "model.dropout",
-    "model.input_dropout",
-    "model.dtype",
-    "data.synthetic",
-)
+# Keys that may change between a run and its resumption or evaluation without changing what the steps
+# compute (where data lives, placement, how long and how often), and those only training reads:
+# evaluating a checkpoint with other values gives the same numbers. Declared in lmr_jax/config_keys.py.
+RUN_CONTROL_KEYS = config_keys.keys_used(config_keys.RUN)
+TRAINING_ONLY_KEYS = config_keys.keys_used(config_keys.TRAINING)
 RUN_DIRS = ("checkpoints", "best", metric_log.TENSORBOARD_DIR)
 
 
