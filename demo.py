@@ -81,7 +81,7 @@ def load_session():
   predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value, config)
   cache_dir = _CACHE_DIR.value or tempfile.mkdtemp(prefix="lmr_demo_")
   return session_lib.DemoSession(
-      predictor, encoders, cache_dir, _FEATURES.value, _VIDEOS.value, _TOP_K.value
+      predictor, encoders, cache_dir, _FEATURES.value, videos=_VIDEOS.value, top_k=_TOP_K.value
   )
 
 

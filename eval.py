@@ -60,9 +60,9 @@ def main():
       _WORKDIR.value,
       _CHECKPOINT.value,
       _SPLIT.value,
-      _CQVAL.value,
-      _OUTPUT_DIR.value,
-      _PLOTS.value,
+      cqval=_CQVAL.value,
+      output_dir=_OUTPUT_DIR.value,
+      plots=_PLOTS.value,
   )
 
 

@@ -130,7 +130,9 @@ def records_from_flags() -> list[dict]:
       feat_root = _SAVE_FEATURES.value or scratch
       duration = encoders.write_video_features(video, feat_root, vid)
       inputs = predictor_lib.load_video_inputs(config, feat_root, vid, duration)
-  records = predictor.predict(inputs, queries, _TOP_K.value, _WINDOW_STRIDE.value, _NMS_IOU.value)
+  records = predictor.predict(
+      inputs, queries, _TOP_K.value, _WINDOW_STRIDE.value, nms_iou=_NMS_IOU.value
+  )
   if video:
     records = [{**record, "video": video} for record in records]
   return records

@@ -163,7 +163,9 @@ KEYS: dict[str, Key] = {
     "loss.span_giou": Key(1.0, TRAINING, WEIGHT),
     "loss.label": Key(4.0, TRAINING, WEIGHT),
     # The CE weight of the "no moment" class, as DETR's eos_coef.
-    "loss.background_weight": Key(0.1, TRAINING, number(lambda v: 0 < v <= 1, "a number in (0, 1]")),
+    "loss.background_weight": Key(
+        0.1, TRAINING, number(lambda v: 0 < v <= 1, "a number in (0, 1]")
+    ),
     "loss.saliency_margin": Key(0.2, TRAINING, WEIGHT),
     "loss.saliency_hinge": Key(1.0, TRAINING, WEIGHT),
     "loss.saliency_rank_contrastive": Key(1.0, TRAINING, WEIGHT),

@@ -86,6 +86,7 @@ class Captioner:
       device: torch.device,
       dtype: torch.dtype,
       max_new_tokens: int,
+      *,
       frames_per_clip: int,
   ):
     model_type = AutoConfig.from_pretrained(checkpoint).model_type

@@ -54,6 +54,7 @@ def caption_video(
     path: Path,
     vid: str,
     args: argparse.Namespace,
+    *,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
   """Captions and instructions for every clip of one video, in clip order; ``on_progress(done,
@@ -88,14 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     return args.out / "captions" / f"{vid}.json"
 
   def load() -> Captioner:
-    return Captioner(args.model, device, dtype, args.max_new_tokens, args.frames_per_clip)
+    return Captioner(
+        args.model, device, dtype, args.max_new_tokens, frames_per_clip=args.frames_per_clip
+    )
 
   def work(vid: str, captioner: Captioner) -> None:
     if videos[vid] is None:
       raise FileNotFoundError(f"no video file for {vid} in {args.videos}")
     io_utils.save_json(out_path(vid), caption_video(captioner, videos[vid], vid, args))
 
-  report = io_utils.run_keys("captions", vids, out_path, load, work, logger)
+  report = io_utils.run_keys("captions", vids, out_path, load, work=work, logger=logger)
   return io_utils.summarize([report], logger)
 
 

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
       )
     io_utils.save_npz(out_path(vid), features=features)
 
-  report = io_utils.run_keys("clip_features", vids, out_path, load, work, logger)
+  report = io_utils.run_keys("clip_features", vids, out_path, load, work=work, logger=logger)
   return io_utils.summarize([report], logger)
 
 

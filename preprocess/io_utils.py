@@ -125,6 +125,7 @@ def run_keys(
     keys: Sequence,
     output_path: Callable[[Any], Path],
     load: Callable[[], Any],
+    *,
     work: Callable[[Any, Any], None],
     logger: logging.Logger,
 ) -> RunReport:

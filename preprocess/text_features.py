@@ -96,7 +96,7 @@ def caption_features(
   def work(vid: str, llama: LlamaEmbedder) -> None:
     write_caption_features(captions_dir / f"{vid}.json", out_path(vid), llama)
 
-  return io_utils.run_keys("caption_features", vids, out_path, embedder, work, logger)
+  return io_utils.run_keys("caption_features", vids, out_path, embedder, work=work, logger=logger)
 
 
 def caption_query_features(
@@ -113,7 +113,9 @@ def caption_query_features(
       raise ValueError("the query has no tokens")
     io_utils.save_npz(out_path(qid), last_hidden_state=vectors)
 
-  return io_utils.run_keys("caption_query_features", qids, out_path, embedder, work, logger)
+  return io_utils.run_keys(
+      "caption_query_features", qids, out_path, embedder, work=work, logger=logger
+  )
 
 
 class ClipTextEncoder:
@@ -147,7 +149,7 @@ def clip_text_features(args: argparse.Namespace, queries: dict[int, str]) -> io_
   def work(qid: int, encoder: ClipTextEncoder) -> None:
     io_utils.save_npz(out_path(qid), last_hidden_state=encoder(queries[qid]))
 
-  return io_utils.run_keys("clip_text_features", qids, out_path, load, work, logger)
+  return io_utils.run_keys("clip_text_features", qids, out_path, load, work=work, logger=logger)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,7 +207,7 @@ def restore_checkpoint(config, workdir: str, which: str = "latest", num_devices:
   tx, _ = train_step_lib.make_optimizer(config.optim, 1)
   mesh = parallel.make_mesh(config.num_devices if num_devices is None else num_devices)
   abstract, _ = state_lib.sharded_state_layout(
-      config, model, tx, mesh, state_lib.zeros_batch(source.element_spec(), config.batch_size)
+      config, model, tx, mesh, batch=state_lib.zeros_batch(source.element_spec(), config.batch_size)
   )
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   try:

@@ -90,6 +90,27 @@ def test_every_flag_of_every_command_says_what_it_does():
   assert bare == []
 
 
+# Functions that take more than four positional arguments, and why they may.
+POSITIONAL_ARRAYS = {
+    "__call__": "Flax modules take their arrays positionally, as the layers they mirror do",
+    "_attention": "lax.map passes the chunked arrays as one tuple",
+    "_find_augmenting_path": "the Hungarian algorithm's state arrays (u, v, p, way), as its textbook names them",
+    "resident_steps": "a jitted step: its arrays are positional, as jit's donation counts them",
+}
+
+
+def test_helpers_with_more_than_four_arguments_take_them_by_keyword():
+  positional = []
+  for path in sorted([*(ROOT / "lmr_jax").rglob("*.py"), *(ROOT / "preprocess").rglob("*.py")]):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if not isinstance(node, ast.FunctionDef) or node.name in POSITIONAL_ARRAYS:
+        continue
+      names = [a.arg for a in node.args.posonlyargs + node.args.args]
+      if len(names) - (names[:1] in (["self"], ["cls"])) > 4:
+        positional.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+  assert positional == []
+
+
 @pytest.mark.slow
 def test_importing_lmr_jax_changes_no_global_state():
   """Every module imported in a fresh process: no environment variable, sys.path entry or logging

@@ -21,7 +21,10 @@ def _moment_losses(*arrays_and_cfg):
   """losses.moment_losses, jitted as training runs it: one compilation instead of one per op (the
   matcher's loops make eager calls slow)."""
   *arrays, cfg = arrays_and_cfg
-  return jax.jit(lambda *a: losses.moment_losses(*a, cfg))(*arrays)
+  step = lambda spans, logits, windows, window_mask, example_mask: losses.moment_losses(  # noqa: E731
+      spans, logits, windows, window_mask, example_mask_B=example_mask, cfg=cfg
+  )
+  return jax.jit(step)(*arrays)
 
 
 def _total_loss(outputs, batch, cfg):
@@ -69,7 +72,7 @@ def test_saliency_hinge_on_sampled_pairs():
   pos = jnp.array([[0, 2], [3, 3]])
   neg = jnp.array([[1, 0], [0, 0]])
   # Row 0: relu(0.2 + 0.0 - 0.1) = 0.1, relu(0.2 + 0.1 - 0.5) = 0; row 1 is padding (example mask).
-  value = losses.saliency_hinge_loss(scores, pos, neg, jnp.array([True, False]), 0.2)
+  value = losses.saliency_hinge_loss(scores, pos, neg, jnp.array([True, False]), margin=0.2)
   assert float(value) == pytest.approx(2 * 0.1 / 2, rel=1e-5)  # QD-DETR: mean over pairs, x 2
 
 
@@ -88,10 +91,14 @@ def test_rank_contrastive_two_clips():
   labels = jnp.array([[12.0, 0.0]])
   mask = jnp.ones((1, 2), bool)
   # Levels 1..11 each: one positive among two equal scores -> -log(1/2); QD-DETR divides by 12.
-  value = losses.rank_contrastive_loss(scores, None, labels, mask, jnp.array([True]), 1.0)
+  value = losses.rank_contrastive_loss(
+      scores, None, labels, mask, example_mask_B=jnp.array([True]), temperature=1.0
+  )
   assert float(value) == pytest.approx(11 * math.log(2) / 12, rel=1e-5)
   # With a negative video of equal scores, each level has 1 positive among 4 clips.
-  value = losses.rank_contrastive_loss(scores, scores, labels, mask, jnp.array([True]), 1.0)
+  value = losses.rank_contrastive_loss(
+      scores, scores, labels, mask, example_mask_B=jnp.array([True]), temperature=1.0
+  )
   assert float(value) == pytest.approx(11 * math.log(4) / 12, rel=1e-5)
 
 

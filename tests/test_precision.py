@@ -41,8 +41,8 @@ def test_bfloat16_run_trains_and_restores_in_float32(tiny_data_root, tmp_path):
         state_lib.build_model(fp32),
         checkpointer,
         "latest",
-        source.element_spec(),
-        parallel.make_mesh(1),
+        element_spec=source.element_spec(),
+        mesh=parallel.make_mesh(1),
     )
   finally:
     checkpointer.close()

@@ -48,7 +48,9 @@ def data_throughput(source, batch_size: int, num_batches: int) -> float:
   return num_batches / (time.perf_counter() - start)
 
 
-def feeding_figures(config, batch_size: int, step_s: float, rng, data_queries: int, batches: int):
+def feeding_figures(
+    config, batch_size: int, step_s: float, rng, *, data_queries: int, batches: int
+):
   """The input pipelines' rates next to the train step's, over one small dataset in the real on-disk
   format: tf.data (host) and the device-resident feed."""
   with tempfile.TemporaryDirectory(prefix="lmr_benchmark_") as out_dir:

@@ -10,11 +10,10 @@ import json
 import os
 import re
 
-
 _HLO_OP = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) .*?op_name="([^"]*)"', re.M)
 
 
-def profile_ops(compiled, state, batch, key, trace_dir: str, steps: int = 2, top: int = 25):
+def profile_ops(compiled, state, batch, key, *, trace_dir: str, steps: int = 2, top: int = 25):
   """Traces ``steps`` calls of the compiled train step with jax.profiler and ranks its ops by time.
 
   Returns (state, rows): each row is (ms per step, op, output shape, the jaxpr scope it computes:

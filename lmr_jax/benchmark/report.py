@@ -13,7 +13,6 @@ from lmr_jax.benchmark.roofline import DTYPES, MATMUL_KEYS, QVH_TRAIN_QUERIES, S
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
 
-
 # The Charades-STA rows multiply by this run's step: at QVH shapes unless the config is Charades'.
 CHARADES_STEP = "QVH shapes unless --config=configs/charades.py"
 
@@ -109,8 +108,10 @@ def run_benchmark(
   batch = jax.device_put(batch)
   key = jax.random.key(config.seed + 1)
 
-  compiled, compile_s, flops, bytes_accessed = timing.compile_step(config, tx, state, batch, key)
-  state, step_s = timing.time_step(compiled, state, batch, key, warmup, steps)
+  compiled, compile_s, flops, bytes_accessed = timing.compile_step(
+      config, tx, state, batch, key=key
+  )
+  state, step_s = timing.time_step(compiled, state, batch, key, warmup=warmup, steps=steps)
   steps_by_dtype = {config_dtype: timing.StepCost(step_s, flops, bytes_accessed)}
   results = {"compile_s": compile_s, "step_s": step_s, "samples_per_s": batch_size / step_s}
   results["step_gflop"] = flops / 1e9
@@ -119,23 +120,29 @@ def run_benchmark(
   results["step_gflops"] = results["step_gflop"] / step_s
   profile = []
   if profile_dir:
-    state, profile = profile_lib.profile_ops(compiled, state, batch, key, profile_dir)
+    state, profile = profile_lib.profile_ops(compiled, state, batch, key, trace_dir=profile_dir)
   results["loss_share"] = (
-      100 * timing.loss_seconds(model, config, state.params, batch, key, steps) / step_s
+      100 * timing.loss_seconds(model, config, state.params, batch, key=key, repeats=steps) / step_s
   )
-  results.update(timing.inference_figures(model, config, state.params, rng, steps))
+  results.update(timing.inference_figures(model, config, state.params, rng, repeats=steps))
   # Before the other dtypes and the dataset: the footprint of training and inference themselves.
   results.update(timing.memory_figures())
 
   for dtype in dtypes:
     if dtype not in steps_by_dtype:
-      state, steps_by_dtype[dtype] = timing.dtype_step(config, dtype, tx, state, batch, key, warmup, steps)
+      state, steps_by_dtype[dtype] = timing.dtype_step(
+          config, dtype, tx, state, batch=batch, key=key, warmup=warmup, steps=steps
+      )
   size = matmul_size or devices.default_matmul_size()
   matmul = {d: devices.matmul_gflops(size, dtype=d) for d in DTYPES if d in steps_by_dtype}
   results.update({MATMUL_KEYS[d]: matmul.get(d) for d in DTYPES})
   results.update(roofline.peak_figures(steps_by_dtype, matmul, config_dtype))
   results.update(roofline.schedule_figures(step_s, results["roofline_s"], config_steps))
-  results.update(feeding.feeding_figures(config, batch_size, step_s, rng, data_queries, data_batches))
+  results.update(
+      feeding.feeding_figures(
+          config, batch_size, step_s, rng, data_queries=data_queries, batches=data_batches
+      )
+  )
   return results, profile
 
 

@@ -9,7 +9,6 @@ import jax
 from lmr_jax.benchmark import devices
 from lmr_jax.model import lmr as lmr_lib
 
-
 DTYPES = lmr_lib.DTYPES  # ("float32", "bfloat16"): config.model.dtype, the matmuls' compute dtype
 
 

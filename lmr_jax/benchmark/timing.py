@@ -25,7 +25,7 @@ class StepCost(NamedTuple):
   bytes: float | None  # None where the backend's cost analysis has no "bytes accessed"
 
 
-def compile_step(config, tx, state, batch, key):
+def compile_step(config, tx, state, batch, *, key):
   """The config's train step, lowered and compiled: (compiled, compile seconds, flops, bytes)."""
   model = state_lib.build_model(config)
   start = time.perf_counter()
@@ -38,7 +38,7 @@ def compile_step(config, tx, state, batch, key):
   return compiled, seconds, cost["flops"], cost.get("bytes accessed")
 
 
-def time_step(compiled, state, batch, key, warmup: int, steps: int):
+def time_step(compiled, state, batch, key, *, warmup: int, steps: int):
   """(state, median seconds of ``steps`` calls after ``warmup``); the state is donated each call."""
   for _ in range(warmup):
     state, _ = compiled(state, batch, key)
@@ -52,16 +52,16 @@ def time_step(compiled, state, batch, key, warmup: int, steps: int):
   return state, statistics.median(times)
 
 
-def dtype_step(config, dtype: str, tx, state, batch, key, warmup: int, steps: int):
+def dtype_step(config, dtype: str, tx, state, *, batch, key, warmup: int, steps: int):
   """The train step with ``config.model.dtype = dtype`` (same params, state): (state, StepCost)."""
   config = copy.deepcopy(config)
   config.model.dtype = dtype
-  compiled, _, flops, bytes_accessed = compile_step(config, tx, state, batch, key)
-  state, seconds = time_step(compiled, state, batch, key, warmup, steps)
+  compiled, _, flops, bytes_accessed = compile_step(config, tx, state, batch, key=key)
+  state, seconds = time_step(compiled, state, batch, key, warmup=warmup, steps=steps)
   return state, StepCost(seconds, flops, bytes_accessed)
 
 
-def loss_seconds(model, config, params, batch, key, repeats: int) -> float:
+def loss_seconds(model, config, params, batch, *, key, repeats: int) -> float:
   """Matching + losses: their forward and backward w.r.t. fixed model outputs, as in the step."""
   outputs = jax.jit(lambda p, b, k: model.apply({"params": p}, b, train=True, rngs={"dropout": k}))(
       params, batch, key
@@ -71,7 +71,7 @@ def loss_seconds(model, config, params, batch, key, repeats: int) -> float:
   return median_seconds(lambda: loss_grad(outputs, batch), repeats)
 
 
-def inference_figures(model, config, params, rng, repeats: int) -> dict[str, float]:
+def inference_figures(model, config, params, rng, *, repeats: int) -> dict[str, float]:
   """Milliseconds per query of the jitted eval step at batch 1 and 32."""
   predict = train_step_lib.jit_eval_step(model)
   results = {}

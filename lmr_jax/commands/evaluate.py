@@ -58,6 +58,7 @@ def evaluate_checkpoint(
     workdir: str,
     checkpoint="best",
     split: str | None = None,
+    *,
     cqval: bool = False,
     output_dir: str | None = None,
     plots: int = 0,
@@ -71,7 +72,7 @@ def evaluate_checkpoint(
   checkpoint = str(checkpoint)
   split = split or config.eval_split
   output_dir = output_dir or os.path.join(workdir, "eval", f"{split}_{checkpoint}")
-  _check_request(config, workdir, split, output_dir, plots)
+  _check_request(config, workdir, split, output_dir, plots=plots)
   checkpointer = state_lib.open_checkpointer(config, workdir, checkpoint)
   try:
     source = dataset.example_source(
@@ -99,7 +100,9 @@ def evaluate_checkpoint(
   }
   plots_dir = os.path.join(output_dir, "plots")
   if plots:
-    result["plots"] = _write_plots(config, workdir, evaluation, training_log, plots, plots_dir)
+    result["plots"] = _write_plots(
+        config, workdir, evaluation, training_log, num=plots, out_dir=plots_dir
+    )
     print(f"wrote the figures to {plots_dir}/")
   unlabelled = sum(not a.has_labels for a in source.annotations)
   if unlabelled:
@@ -110,7 +113,9 @@ def evaluate_checkpoint(
     return result
   result["metrics"] = _write_metrics(config, evaluation, output_dir, what)
   if cqval:
-    result["cqval"] = _write_cqval(config, evaluation, nlp, output_dir, what, split, checkpoint)
+    result["cqval"] = _write_cqval(
+        config, evaluation, nlp, output_dir, what=what, split=split, checkpoint=checkpoint
+    )
     if plots:
       from lmr_jax.visualization import plots as plots_lib
 
@@ -120,7 +125,7 @@ def evaluate_checkpoint(
   return result
 
 
-def _check_request(config, workdir: str, split: str, output_dir: str, plots: int) -> None:
+def _check_request(config, workdir: str, split: str, output_dir: str, *, plots: int) -> None:
   """The config (alone and against the run's config.json), the split and the output folder."""
   preflight.check_config(config)
   if plots < 0:
@@ -161,10 +166,10 @@ def _run_model(config, checkpointer, checkpoint: str, source: ExampleSource) -> 
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(mesh, "eval_batch_size", config.eval_batch_size)
   params, step = state_lib.restore_params(
-      config, model, checkpointer, checkpoint, source.element_spec(), mesh
+      config, model, checkpointer, checkpoint, element_spec=source.element_spec(), mesh=mesh
   )
   eval_step = train_step_lib.jit_eval_step(model, mesh, jax.tree.map(lambda p: p.sharding, params))
-  records = split_evaluator.split_records(eval_step, params, source, config, mesh)
+  records = split_evaluator.split_records(eval_step, params, source, config, mesh=mesh)
   assert len(records) == len(source), (len(records), len(source))
   return _Evaluation(records, source, step, model, params)
 
@@ -177,7 +182,7 @@ def _write_metrics(config, evaluation: _Evaluation, output_dir: str, what: str) 
   return metrics
 
 
-def _write_cqval(config, evaluation: _Evaluation, nlp, output_dir, what, split, checkpoint):
+def _write_cqval(config, evaluation: _Evaluation, nlp, output_dir, *, what, split, checkpoint):
   rows = cqval_lib.score_rows(evaluation.records, evaluation.source.annotations, config.evals, nlp)
   table = cqval_lib.format_score_rows(
       rows, f"C-QVal of {what}: >= C subordinate clauses and >= W words"
@@ -197,7 +202,9 @@ def _write_cqval(config, evaluation: _Evaluation, nlp, output_dir, what, split, 
   return rows
 
 
-def _write_plots(config, workdir, evaluation: _Evaluation, training_log, num, out_dir) -> list[str]:
+def _write_plots(
+    config, workdir, evaluation: _Evaluation, training_log, *, num, out_dir
+) -> list[str]:
   """Training curves, then a timeline and an attention map for each of ``num`` queries sampled with a
   fixed seed; the model runs once more, on those queries only, to keep its attention weights."""
   from lmr_jax.visualization import attention
@@ -209,7 +216,7 @@ def _write_plots(config, workdir, evaluation: _Evaluation, training_log, num, ou
   indices = plots_lib.sample_indices(len(source), num)
   batch_size = min(len(indices), config.eval_batch_size)
   weights = attention.vqf_attention(
-      evaluation.model, evaluation.params, source, indices, batch_size
+      evaluation.model, evaluation.params, source, indices, batch_size=batch_size
   )
   by_qid = {r["qid"]: r for r in evaluation.records}
   clip_len = config.data.clip_len

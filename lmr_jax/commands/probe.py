@@ -54,7 +54,12 @@ def probe(workdir: str, checkpoint: str = "best", split: str | None = None, num_
     source = dataset.example_source(config.data, split, with_captions=True, training=False)
     model = state_lib.build_model(config)
     params, step = state_lib.restore_params(
-        config, model, checkpointer, checkpoint, source.element_spec(), parallel.make_mesh(1)
+        config,
+        model,
+        checkpointer,
+        checkpoint,
+        element_spec=source.element_spec(),
+        mesh=parallel.make_mesh(1),
     )
   finally:
     checkpointer.close()
@@ -71,7 +76,7 @@ def probe(workdir: str, checkpoint: str = "best", split: str | None = None, num_
   if not chosen:
     raise ConfigError(f"split '{split}' has no labelled query whose video has another query")
   batch_size = min(len(chosen), config.eval_batch_size)
-  weights = attention.encoder_attention(model, params, source, chosen, batch_size)
+  weights = attention.encoder_attention(model, params, source, chosen, batch_size=batch_size)
   per_layer = collections.defaultdict(list)
   for index, layers_weights in zip(chosen, weights):
     ann = source.annotations[index]
@@ -111,9 +116,13 @@ def format_table(result: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="a train.py workdir (config.json, checkpoints)")
+  parser.add_argument(
+      "--workdir", required=True, help="a train.py workdir (config.json, checkpoints)"
+  )
   parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step number")
-  parser.add_argument("--split", help="a split of the run's annotation files (default: its eval split)")
+  parser.add_argument(
+      "--split", help="a split of the run's annotation files (default: its eval split)"
+  )
   parser.add_argument(
       "--num_queries", type=int, default=0, help="read only this many queries (0: all)"
   )

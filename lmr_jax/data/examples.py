@@ -116,6 +116,7 @@ def model_inputs(
     tokens_TxDq: np.ndarray,
     caption_LxDc: np.ndarray | None,
     caption_tokens_TxDc: np.ndarray | None,
+    *,
     max_clips: int,
     max_tokens: int,
 ) -> dict[str, np.ndarray]:
@@ -213,8 +214,8 @@ class ExampleSource:
         self.store.query_tokens(ann.qid, False),
         video.caption if self.with_captions else None,
         self.store.query_tokens(ann.qid, True) if self.with_captions else None,
-        spec.max_clips,
-        spec.max_query_tokens,
+        max_clips=spec.max_clips,
+        max_tokens=spec.max_query_tokens,
     )
     out.update(self.labels(index, rng))
     return out

@@ -109,7 +109,7 @@ def _check_file(path: str, key: str, context: str) -> None:
     raise DataError(f"{path}: unreadable npz (not a zip archive) ({context})")
 
 
-def _check_array(path: str, key: str, shape: tuple, dtype: np.dtype, dim: int, context: str):
+def _check_array(path: str, key: str, shape: tuple, dtype: np.dtype, *, dim: int, context: str):
   """What every feature array must be: numbers, (N, dim), N > 0."""
   if dtype.kind not in "fiu":
     raise DataError(f"{path}: key '{key}' holds {dtype}, not numbers ({context})")
@@ -135,7 +135,7 @@ def read_npz_array(path: str, key: str, dim: int, context: str) -> np.ndarray:
     raise
   except _UNREADABLE as e:
     raise _unreadable(path, e, context) from None
-  _check_array(path, key, array.shape, array.dtype, dim, context)
+  _check_array(path, key, array.shape, array.dtype, dim=dim, context=context)
   array = array.astype(np.float32)
   if not np.isfinite(array).all():
     bad_row = int(np.argwhere(~np.isfinite(array))[0, 0])
@@ -166,7 +166,7 @@ def npz_rows(path: str, key: str, dim: int, context: str) -> int:
     raise
   except _UNREADABLE as e:
     raise _unreadable(path, e, context) from None
-  _check_array(path, key, shape, dtype, dim, context)
+  _check_array(path, key, shape, dtype, dim=dim, context=context)
   return shape[0]
 
 

@@ -43,6 +43,7 @@ def epoch_examples(
     global_batch_size: int,
     seed: int,
     epoch: int,
+    *,
     process_index: int = 0,
     process_count: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:

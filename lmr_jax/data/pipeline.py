@@ -81,6 +81,7 @@ def train_batches(
     global_batch_size: int,
     seed: int,
     start: DataPosition = DataPosition(),
+    *,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[TrainBatch]:
@@ -90,7 +91,12 @@ def train_batches(
   epoch, step = start.epoch, start.step
   while True:
     indices, seeds = order.epoch_examples(
-        len(source), global_batch_size, seed, epoch, process_index, process_count
+        len(source),
+        global_batch_size,
+        seed,
+        epoch,
+        process_index=process_index,
+        process_count=process_count,
     )
     first = step * local_batch
     ds = _dataset_from_indices(source, indices[first:], seeds[first:], local_batch)

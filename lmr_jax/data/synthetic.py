@@ -368,7 +368,7 @@ def _saliency_scores(rng: np.random.Generator, length: int) -> list[list[int]]:
   return np.clip(np.rint(scores), 1, 4).astype(int).tolist()
 
 
-def _write_video(rng, cfg: SyntheticConfig, basis: _VisualBasis, feat_dir: str, vid: str):
+def _write_video(rng, cfg: SyntheticConfig, basis: _VisualBasis, feat_dir: str, *, vid: str):
   """Plans a video and writes its visual and caption features; returns (clips, events, queries)."""
   num_clips = int(rng.integers(cfg.min_clips, cfg.max_clips + 1))
   for _ in range(MAX_PLAN_DRAWS):
@@ -406,6 +406,7 @@ def generate_split(
     out_dir: str,
     split: str,
     num_videos: int,
+    *,
     first_qid: int,
     basis: _VisualBasis,
 ) -> list[dict]:
@@ -416,7 +417,7 @@ def generate_split(
   records = []
   for v in range(num_videos):
     vid = f"syn_{split}_{v:05d}"
-    num_clips, events, queries = _write_video(rng, cfg, basis, feat_dir, vid)
+    num_clips, events, queries = _write_video(rng, cfg, basis, feat_dir, vid=vid)
     for actor, action, scene, targets in queries:
       qid = first_qid + len(records)
       words = dict(actor=ACTORS[actor], action=ACTIONS[action], scene=SCENES[scene])
@@ -467,7 +468,7 @@ def generate(cfg: SyntheticConfig, out_dir: str) -> dict[str, str]:
   basis = _VisualBasis(cfg)
   files, qid = {}, 0
   for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos), ("test", cfg.test_videos)):
-    records = generate_split(cfg, out_dir, split, n, qid, basis)
+    records = generate_split(cfg, out_dir, split, n, first_qid=qid, basis=basis)
     qid += len(records)
     if split == "test":  # as QVHighlights: a release without labels, and the labels apart
       files["test_with_gt"] = os.path.join(out_dir, "annotations", "test_with_gt.jsonl")

@@ -100,6 +100,7 @@ class DemoSession:
       encoders,
       cache_dir: str | os.PathLike,
       features: str | None = None,
+      *,
       videos: str | None = None,
       top_k: int = 10,
   ):

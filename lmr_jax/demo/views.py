@@ -42,7 +42,7 @@ def _seconds(x: float) -> str:
   return f"{x:.1f}"
 
 
-def _moment_row(rank: int, start: float, end: float, score: float, duration: float) -> str:
+def _moment_row(rank: int, start: float, end: float, score: float, *, duration: float) -> str:
   """One moment: its rank, a lane with its span on the video's time axis, its times and score."""
   left = 100 * min(max(start / duration, 0.0), 1.0)
   width = max(100 * min(end, duration) / duration - left, 0.5)
@@ -59,7 +59,7 @@ def _query_block(index: int, record: dict) -> str:
   """One query's moments, best first, one lane each over the same time axis."""
   duration = max(float(record["duration"]), 1e-6)
   rows = "".join(
-      _moment_row(rank, start, end, score, duration)
+      _moment_row(rank, start, end, score, duration=duration)
       for rank, (start, end, score) in enumerate(record["pred_relevant_windows"], 1)
   )
   return (

@@ -143,6 +143,7 @@ def score_rows(
     annotations: Sequence[QueryAnnotation],
     evals: Sequence[str],
     nlp,
+    *,
     grid: Sequence[tuple[int, int]] = SCORE_GRID,
 ) -> list[dict]:
   """Tab. IV rows: each (C, W) split of ``annotations`` scored on its share of ``records``.
@@ -197,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--out_dir", required=True, help="folder for the splits and cqval_sizes.md (made if missing)"
   )
   parser.add_argument(
-      "--spacy_model", default=DEFAULT_SPACY_MODEL, help="installed spaCy English pipeline to parse with"
+      "--spacy_model",
+      default=DEFAULT_SPACY_MODEL,
+      help="installed spaCy English pipeline to parse with",
   )
   return cli.argparse_main(parser, _build, argv)
 

@@ -16,7 +16,7 @@ from lmr_jax.training import parallel
 
 
 def split_records(
-    eval_step, params, source: ExampleSource, config: ml_collections.ConfigDict, mesh
+    eval_step, params, source: ExampleSource, config: ml_collections.ConfigDict, *, mesh
 ) -> list[dict]:
   """Submission records for every query of ``source`` (each process runs its share of the rows;
   every process gets all records), windows rounded as ``config.eval_round_to_clip`` says."""
@@ -47,5 +47,5 @@ class SplitEvaluator:
     self.source = source
 
   def __call__(self, eval_step, params, mesh) -> dict:
-    records = split_records(eval_step, params, self.source, self.config, mesh)
+    records = split_records(eval_step, params, self.source, self.config, mesh=mesh)
     return evaluators.score(records, self.source.annotations, self.config.evals)

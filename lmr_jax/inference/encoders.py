@@ -60,7 +60,7 @@ def _loaded(flag: str, checkpoint: str | None, purpose: str, load):
     ) from None
 
 
-def _check_dim(flag: str, checkpoint: str, what: str, dim: int, trained: int, key: str) -> None:
+def _check_dim(flag: str, checkpoint: str, what: str, dim: int, *, trained: int, key: str) -> None:
   if dim != trained:
     raise PredictError(
         f"--{flag} {checkpoint} gives {dim}-dim {what}, the model was trained on {trained} ({key}); "
@@ -159,7 +159,12 @@ class Encoders:
     )
     data = self.config.data
     _check_dim(
-        "llama", checkpoint, "embeddings", embedder.dim, data.caption_dim, "data.caption_dim"
+        "llama",
+        checkpoint,
+        "embeddings",
+        embedder.dim,
+        trained=data.caption_dim,
+        key="data.caption_dim",
     )
     return embedder
 
@@ -173,7 +178,14 @@ class Encoders:
         lambda c: ClipTextEncoder(c, *self._torch(half_on_gpu=False)),
     )
     dim = encoder.model.config.text_config.hidden_size
-    _check_dim("clip", checkpoint, "text tokens", dim, self.config.data.query_dim, "data.query_dim")
+    _check_dim(
+        "clip",
+        checkpoint,
+        "text tokens",
+        dim,
+        trained=self.config.data.query_dim,
+        key="data.query_dim",
+    )
     return encoder
 
   @functools.cached_property
@@ -187,7 +199,7 @@ class Encoders:
     )
     dim = encoder.model.config.projection_dim
     trained = self.config.data.visual_dims[0]
-    _check_dim("clip", checkpoint, "image features", dim, trained, "data.visual_dims")
+    _check_dim("clip", checkpoint, "image features", dim, trained=trained, key="data.visual_dims")
     return encoder
 
   @functools.cached_property
@@ -200,7 +212,7 @@ class Encoders:
             c,
             *self._torch(half_on_gpu=True),
             self.max_new_tokens,
-            self.caption_frames_per_clip,
+            frames_per_clip=self.caption_frames_per_clip,
         ),
     )
 

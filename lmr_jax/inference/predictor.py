@@ -219,8 +219,8 @@ class Predictor:
           state_lib.build_model(config),
           checkpointer,
           checkpoint,
-          examples_lib.element_spec(blank),
-          parallel.make_mesh(1),
+          element_spec=examples_lib.element_spec(blank),
+          mesh=parallel.make_mesh(1),
       )
     finally:
       checkpointer.close()
@@ -232,6 +232,7 @@ class Predictor:
       queries: Sequence[QueryInputs],
       top_k: int | None = 10,
       window_stride: int | None = None,
+      *,
       nms_iou: float = 0.5,
   ) -> list[dict]:
     """One record per query: {"query", ("qid",) "vid", "duration", "clip_len",
@@ -302,8 +303,8 @@ def _example(
       query.tokens,
       video.caption[start:end] if with_captions else None,
       query.caption_tokens if with_captions else None,
-      config.data.max_clips,
-      config.data.max_query_tokens,
+      max_clips=config.data.max_clips,
+      max_tokens=config.data.max_query_tokens,
   )
 
 

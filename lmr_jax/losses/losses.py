@@ -37,6 +37,7 @@ def moment_losses(
     pred_logits_BxKx2,
     windows_BxWx2,
     window_mask_BxW,
+    *,
     example_mask_B,
     cfg: ml_collections.ConfigDict,
 ) -> dict[str, jnp.ndarray]:
@@ -68,7 +69,7 @@ def moment_losses(
   }
 
 
-def saliency_hinge_loss(saliency_BxL, pos_BxP, neg_BxP, example_mask_B, margin):
+def saliency_hinge_loss(saliency_BxL, pos_BxP, neg_BxP, example_mask_B, *, margin):
   """QD-DETR's margin ranking on sampled clip pairs: mean over pairs of relu(margin + S_neg - S_pos),
   times 2 (their "to keep the loss the same scale"). ``pos``/``neg`` index clips (data/examples.py).
   """
@@ -83,6 +84,7 @@ def rank_contrastive_loss(
     saliency_neg_BxL,
     labels_BxL,
     video_mask_BxL,
+    *,
     example_mask_B,
     temperature,
     num_levels: int = 12,
@@ -139,8 +141,8 @@ def total_loss(outputs, batch, cfg: ml_collections.ConfigDict):
         outputs["pred_logits"][layer],
         batch["windows"],
         batch["window_mask"],
-        example_mask,
-        cfg,
+        example_mask_B=example_mask,
+        cfg=cfg,
     )
     prefix = "" if layer == num_layers - 1 else f"aux{layer}/"
     for name, value in layer_terms.items():
@@ -153,7 +155,7 @@ def total_loss(outputs, batch, cfg: ml_collections.ConfigDict):
       batch["saliency_pos"],
       batch["saliency_neg"],
       example_mask,
-      cfg.saliency_margin,
+      margin=cfg.saliency_margin,
   )
   saliency_neg = outputs.get("saliency_neg")  # absent for a batch of one: no other query to pair
   terms["saliency_rank_contrastive"] = rank_contrastive_loss(
@@ -161,8 +163,8 @@ def total_loss(outputs, batch, cfg: ml_collections.ConfigDict):
       saliency_neg,
       batch["saliency"],
       video_mask,
-      example_mask,
-      cfg.rank_contrastive_temperature,
+      example_mask_B=example_mask,
+      temperature=cfg.rank_contrastive_temperature,
   )
   if saliency_neg is not None:
     terms["saliency_inter_video"] = inter_video_loss(saliency_neg, video_mask, example_mask)

@@ -14,7 +14,6 @@ import numpy as np
 from lmr_jax.config_keys import ATTENTION
 from lmr_jax.errors import ConfigError
 
-
 # --- positions ------------------------------------------------------------------------------------
 
 

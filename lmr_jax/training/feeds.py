@@ -33,9 +33,14 @@ class Dispatch(NamedTuple):
 class StreamFeed:
   """One step per dispatch, on the tf.data pipeline's batches (this process's rows of each)."""
 
-  def __init__(self, config, source: ExampleSource, start: DataPosition, mesh, train_step):
+  def __init__(self, config, source: ExampleSource, start: DataPosition, mesh, *, train_step):
     self._batches = pipeline.train_batches(
-        source, config.batch_size, config.seed, start, jax.process_index(), jax.process_count()
+        source,
+        config.batch_size,
+        config.seed,
+        start,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     self._rows = parallel.batch_sharding(mesh)
     self._train_step = train_step
@@ -80,7 +85,7 @@ class ResidentFeed:
   """Up to ``config.steps_per_dispatch`` steps per dispatch, gathered from tables in device memory;
   per epoch the host sends the plan (example indices and labels) only."""
 
-  def __init__(self, config, source, tables, start: DataPosition, mesh, model, tx, shardings):
+  def __init__(self, config, source, tables, start: DataPosition, *, mesh, model, tx, shardings):
     self._config, self._source, self._mesh = config, source, mesh
     self._steps_per_epoch = order.steps_per_epoch(len(source), config.batch_size)
     self._tables = parallel.put_replicated(mesh, tables)
@@ -92,9 +97,9 @@ class ResidentFeed:
         tx,
         config.loss,
         n,
-        (config.data.max_clips, config.data.max_query_tokens),
-        mesh,
-        shardings,
+        max_lengths=(config.data.max_clips, config.data.max_query_tokens),
+        mesh=mesh,
+        state_shardings=shardings,
     )
 
   def _epoch_plan(self, epoch: int):

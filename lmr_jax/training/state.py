@@ -34,7 +34,7 @@ def init_state(config, model, tx, batch) -> train_step_lib.TrainState:
   return train_step_lib.create_train_state(model, tx, jax.random.key(config.seed), batch)
 
 
-def sharded_state_layout(config, model, tx, mesh, batch):
+def sharded_state_layout(config, model, tx, mesh, *, batch):
   """(abstract train state carrying its shardings, the shardings) for ``config`` on ``mesh``."""
   abstract = jax.eval_shape(lambda: init_state(config, model, tx, batch))
   shardings = parallel.state_shardings(mesh, abstract, config.fsdp)
@@ -60,6 +60,7 @@ def restore_params(
     model,
     checkpointer: checkpoint_lib.Checkpointer,
     which: str,
+    *,
     element_spec: ElementSpec,
     mesh,
 ):
@@ -67,6 +68,6 @@ def restore_params(
   laid out on ``mesh`` as training lays it out. ``element_spec`` gives one example's shapes."""
   tx, _ = train_step_lib.make_optimizer(config.optim, 1)
   batch = zeros_batch(element_spec, config.eval_batch_size // jax.process_count())
-  abstract_state, _ = sharded_state_layout(config, model, tx, mesh, batch)
+  abstract_state, _ = sharded_state_layout(config, model, tx, mesh, batch=batch)
   state, _ = checkpointer.restore(which, abstract_state)
   return state.params, int(state.step)

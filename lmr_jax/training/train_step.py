@@ -88,7 +88,7 @@ def eval_step(params, batch: dict, *, model: nn.Module) -> dict:
   }
 
 
-def jit_train_step(model, tx, loss_cfg, mesh=None, state_shardings=None):
+def jit_train_step(model, tx, loss_cfg, mesh=None, *, state_shardings=None):
   """The step, jitted; with a ``mesh``, the batch is split over it and the state laid out as
   ``state_shardings`` (the train state's buffers are donated either way)."""
   step = functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg)
@@ -134,7 +134,7 @@ def resident_steps(
 
 
 def jit_resident_steps(
-    model, tx, loss_cfg, num_steps: int, max_lengths, mesh=None, state_shardings=None
+    model, tx, loss_cfg, num_steps: int, *, max_lengths, mesh=None, state_shardings=None
 ):
   """``resident_steps`` jitted for ``num_steps``; the state is donated; with a ``mesh`` the tables
   are replicated, the plan's batch axis split over it and the state laid out as ``state_shardings``.

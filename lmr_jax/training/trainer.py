@@ -9,6 +9,7 @@ it; ``lmr_jax.commands.train.train_and_evaluate`` puts the two together.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -81,7 +82,8 @@ def train(
   at the end of every ``eval_every_epochs`` epochs and at the last step; returns the last metrics.
 
   On SIGTERM/SIGINT it saves a checkpoint after the current step and returns early; the same call
-  (or command) then resumes exactly there.
+  (or command) then resumes exactly there. Long because it is the whole loop, to be read top to
+  bottom: set up, then per dispatch step, log, evaluate, save, stop.
   """
   feeds.check_resident_config(config)
   schedule = _Schedule(config, order.steps_per_epoch(len(source), config.batch_size))
@@ -92,18 +94,23 @@ def train(
   model = state_lib.build_model(config)
   tx, lr_schedule = train_step_lib.make_optimizer(config.optim, schedule.total_steps)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
-  state, position, shardings = _initial_state(config, model, tx, mesh, source, checkpointer)
+  state, position, shardings = _initial_state(
+      config, model, tx, mesh, source=source, checkpointer=checkpointer
+  )
   # Only now that the checkpoint fits (or there is none) does the workdir's record of the run change.
   checkpoint_lib.save_config(config, workdir)
-  feed = _feed(config, source, tables, position, mesh, model, tx, shardings)
+  feed = _feed(config, source, tables, position, mesh=mesh, model=model, tx=tx, shardings=shardings)
   eval_step = train_step_lib.jit_eval_step(model, mesh, shardings.params)
   # Made under jit: device_put cannot place a value on other hosts' devices.
   rng = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=parallel.replicated(mesh))()
   step = start_step = int(state.step)
-  _log_start(config, schedule, step, mesh, len(source))
+  _log_start(config, schedule, step, mesh, num_queries=len(source))
   log = metric_log.MetricLog(workdir, config)
   bar = _EpochBars(schedule.steps_per_epoch, position)
   history, metrics, start_time = [], {}, time.time()
+  log_train = functools.partial(
+      _log_train, log, lr_schedule=lr_schedule, start_step=start_step, start_time=start_time
+  )
   with _StopOnSignal() as stop:
     try:
       while step < schedule.total_steps:
@@ -116,14 +123,14 @@ def train(
         stop_now = stop.requested()
         save_now = schedule.save_due(step) or eval_now or stop_now
         if schedule.log_due(step) or save_now:
-          train_loss = _log_train(
-              log, history, step, dispatch.position.epoch, lr_schedule, start_step, start_time
-          )
+          train_loss = log_train(history, step, dispatch.position.epoch)
           history = []
           bar.show_loss(train_loss)
         if eval_now:
           metrics = evaluate(eval_step, state.params, mesh)
-          _log_eval(log, config.eval_split, step, dispatch.next_position.epoch, metrics["brief"])
+          _log_eval(
+              log, config.eval_split, step, dispatch.next_position.epoch, brief=metrics["brief"]
+          )
         if save_now:
           checkpointer.save(state, dispatch.next_position, metrics["brief"] if eval_now else None)
         if stop_now:
@@ -135,7 +142,16 @@ def train(
       checkpointer.close()
   if jax.process_index() == 0:
     print(
-        _summary(config, workdir, log, checkpointer, step, schedule.total_steps, start_time, stop)
+        _summary(
+            config,
+            workdir,
+            log,
+            checkpointer,
+            step=step,
+            total_steps=schedule.total_steps,
+            start_time=start_time,
+            stop=stop,
+        )
     )
   return metrics
 
@@ -147,19 +163,23 @@ def _mesh(config):
   return mesh
 
 
-def _feed(config, source, tables, position, mesh, model, tx, shardings):
+def _feed(config, source, tables, position, *, mesh, model, tx, shardings):
   """The resident tables' feed when ``tables`` were loaded, else the tf.data stream's."""
   if tables is not None:
-    return feeds.ResidentFeed(config, source, tables, position, mesh, model, tx, shardings)
-  train_step = train_step_lib.jit_train_step(model, tx, config.loss, mesh, shardings)
-  return feeds.StreamFeed(config, source, position, mesh, train_step)
+    return feeds.ResidentFeed(
+        config, source, tables, position, mesh=mesh, model=model, tx=tx, shardings=shardings
+    )
+  train_step = train_step_lib.jit_train_step(
+      model, tx, config.loss, mesh, state_shardings=shardings
+  )
+  return feeds.StreamFeed(config, source, position, mesh, train_step=train_step)
 
 
-def _initial_state(config, model, tx, mesh, source: ExampleSource, checkpointer):
+def _initial_state(config, model, tx, mesh, *, source: ExampleSource, checkpointer):
   """(train state, data position, state shardings): the latest checkpoint's, or fresh ones."""
   spec, rows = source.element_spec(), config.batch_size // jax.process_count()
   abstract_state, shardings = state_lib.sharded_state_layout(
-      config, model, tx, mesh, state_lib.zeros_batch(spec, rows)
+      config, model, tx, mesh, batch=state_lib.zeros_batch(spec, rows)
   )
   if checkpointer.latest.latest_step() is not None:
     state, position = checkpointer.restore("latest", abstract_state)
@@ -171,7 +191,7 @@ def _initial_state(config, model, tx, mesh, source: ExampleSource, checkpointer)
   return state, DataPosition(), shardings
 
 
-def _log_start(config, schedule: _Schedule, step: int, mesh, num_queries: int) -> None:
+def _log_start(config, schedule: _Schedule, step: int, mesh, *, num_queries: int) -> None:
   logging.info(
       "Training %d steps (%d per epoch) from step %d on %d devices (%d processes), %d train queries",
       schedule.total_steps,
@@ -198,7 +218,7 @@ def _check_finite(history: list[tuple[int, dict]]) -> dict:
   return {k: float(np.mean(np.concatenate([m[k] for _, m in fetched]))) for k in fetched[-1][1]}
 
 
-def _log_train(log, history, step, epoch, lr_schedule, start_step, start_time) -> float:
+def _log_train(log, history, step, epoch, *, lr_schedule, start_step, start_time) -> float:
   """Writes the mean of the steps since the last log (after checking them); returns the loss."""
   means = _check_finite(history)
   log.write(
@@ -221,7 +241,7 @@ def _log_stop(stop: "_StopOnSignal", step: int, checkpointer) -> None:
   )
 
 
-def _log_eval(log, split: str, step: int, epochs_done: int, brief: dict) -> None:
+def _log_eval(log, split: str, step: int, epochs_done: int, *, brief: dict) -> None:
   log.write(step, epoch=epochs_done, **{f"{split}/{k}": v for k, v in brief.items()})
   logging.info("step %d %s: %s", step, split, brief)
 
@@ -283,7 +303,7 @@ class _StopOnSignal:
     self._restore_handlers()
 
 
-def _summary(config, workdir, log, checkpointer, step, total_steps, start_time, stop) -> str:
+def _summary(config, workdir, log, checkpointer, *, step, total_steps, start_time, stop) -> str:
   latest, best = checkpointer.latest.latest_step(), checkpointer.best.best_step()
   return metric_log.summary(
       workdir=workdir,

@@ -44,7 +44,7 @@ def _apply_with_weights(params, batch, *, model) -> dict:
 
 
 def vqf_attention(
-    model, params, source, indices: Sequence[int], batch_size: int
+    model, params, source, indices: Sequence[int], *, batch_size: int
 ) -> list[dict[str, np.ndarray]]:
   """For each query ``source.example(i)``, i in ``indices``: {stream: (clips, tokens) weights, mean over
   heads, cropped to the real clips and tokens; a row sums to 1}. Empty dicts when the model has no VQF.
@@ -80,7 +80,7 @@ def _apply_with_encoder_weights(params, batch, *, model) -> list:
 
 
 def encoder_attention(
-    model, params, source, indices: Sequence[int], batch_size: int
+    model, params, source, indices: Sequence[int], *, batch_size: int
 ) -> list[list[np.ndarray]]:
   """For each query ``source.example(i)``, i in ``indices``: per self-attention layer of the video
   context modeling, the (tokens, tokens) weights, mean over heads, over the real tokens only, in the
@@ -139,7 +139,9 @@ def caption_routing(
   """
   targets = _clip_ranges(target_windows, clip_len, num_clips)
   target_clips = {c for r in targets for c in r}
-  look = sorted({c for r in _clip_ranges(other_windows, clip_len, num_clips) for c in r} - target_clips)
+  look = sorted(
+      {c for r in _clip_ranges(other_windows, clip_len, num_clips) for c in r} - target_clips
+  )
   if not targets or not look:
     return None
   caption = lambda clips: 1 + num_clips + np.asarray(list(clips), int)  # noqa: E731

@@ -290,7 +290,7 @@ def plot_cqval(rows: Sequence[Mapping], path: str, title: str = "C-QVal") -> str
 # Command line
 
 
-def _timelines(eval_dir: str, annotations: str, num: int, clip_len: float, out_dir: str) -> list:
+def _timelines(eval_dir: str, annotations: str, num: int, clip_len: float, *, out_dir: str) -> list:
   submission = os.path.join(eval_dir, "submission.jsonl")
   if not os.path.isfile(submission):
     raise PlotError(f"{submission}: no such file (eval.py writes it)")
@@ -338,7 +338,9 @@ def _plot(parser, args) -> None:
     if os.path.exists(cqval_path):
       paths.append(plot_cqval(load_cqval(cqval_path), os.path.join(out_dir, "cqval.png")))
     if args.annotations:
-      paths += _timelines(args.eval_dir, args.annotations, args.num_queries, args.clip_len, out_dir)
+      paths += _timelines(
+          args.eval_dir, args.annotations, args.num_queries, args.clip_len, out_dir=out_dir
+      )
   print("\n".join(f"wrote {p}" for p in paths))
 
 
