@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 from lmr_jax import cli
 
-cli.quiet_native_logs()  # before TensorFlow and JAX are imported
+if __name__ == "__main__":  # run as a command: quiet before TensorFlow and JAX are imported; as a
+  cli.quiet_native_logs()  # library module, importing it changes no environment variable
 
 import numpy as np  # noqa: E402
 
