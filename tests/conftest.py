@@ -174,8 +174,10 @@ def tiny_hf_models(tmp_path_factory):
 
 
 def train_on_one_batch(config, steps: int = 8, edit_batch=lambda batch: batch):
-  """(train state, losses, batch, train source): ``steps`` jitted train steps of ``config`` on the
-  first training batch of 4 (as ``edit_batch`` returns it), the same dropout key each step."""
+  """(train state, each step's metrics as {name: float}, batch, train source): ``steps`` jitted train
+  steps of ``config`` on the first training batch of 4 (as ``edit_batch`` returns it), the same
+  dropout key each step. A step's metrics (loss terms, loss, grad_norm) are at the params before it.
+  """
   from lmr_jax.data import dataset, pipeline  # noqa: PLC0415 - after the JAX settings above
   from lmr_jax.training import state as state_lib  # noqa: PLC0415
   from lmr_jax.training import train_step as train_step_lib  # noqa: PLC0415
@@ -186,11 +188,11 @@ def train_on_one_batch(config, steps: int = 8, edit_batch=lambda batch: batch):
   tx, _ = train_step_lib.make_optimizer(config.optim, 100)
   state = state_lib.init_state(config, model, tx, batch)
   step = train_step_lib.jit_train_step(model, tx, config.loss)
-  losses = []
+  step_metrics = []
   for _ in range(steps):
     state, metrics = step(state, batch, jax.random.key(0))
-    losses.append(float(metrics["loss"]))
-  return state, losses, batch, source
+    step_metrics.append({name: float(value) for name, value in metrics.items()})
+  return state, step_metrics, batch, source
 
 
 def restore_checkpoint(config, workdir: str, which: str = "latest", num_devices: int | None = None):

@@ -518,7 +518,8 @@ def test_k_sweep_scores_queries_with_more_windows_than_k(tiny_data_root, k):
 def test_fewer_queries_than_windows_train(tiny_data_root):
   """k=1 against 5 windows per query (it failed inside jit before): the loss falls on one batch."""
   config = _k_config(tiny_data_root, 1)
-  _, losses, batch, _ = train_on_one_batch(config, steps=6, edit_batch=_five_windows)
+  _, step_metrics, batch, _ = train_on_one_batch(config, steps=6, edit_batch=_five_windows)
+  losses = [m["loss"] for m in step_metrics]
   assert batch["window_mask"].sum(1).min() == 5
   assert all(np.isfinite(losses)) and min(losses[3:]) < losses[0], losses
 

@@ -54,12 +54,13 @@ def test_long_functions_say_why():
   assert long == []
 
 
-def _help_text(call: ast.Call, position: int):
-  """The help argument of a flag definition: the ``help`` keyword or the positional at ``position``."""
+def _help_text(call: ast.Call, position: int | None):
+  """The help argument of a flag definition: the ``help`` keyword, else the positional at
+  ``position`` (None: by keyword only, as argparse takes it)."""
   for keyword in call.keywords:
     if keyword.arg == "help":
       return keyword.value
-  return call.args[position] if len(call.args) > position else None
+  return call.args[position] if position is not None and len(call.args) > position else None
 
 
 def _is_empty(node) -> bool:
@@ -78,7 +79,7 @@ def test_every_flag_of_every_command_says_what_it_does():
         continue
       name = node.func.attr
       if name == "add_argument":
-        help_node = _help_text(node, position=99)  # argparse takes help by keyword only
+        help_node = _help_text(node, position=None)
       elif name.startswith("DEFINE_"):
         help_node = _help_text(node, position=2)  # DEFINE_x(name, default, help, ...)
       else:

@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from conftest import FIXTURES, tiny_config
+from conftest import FIXTURES, tiny_config, train_on_one_batch
 
 PINNED = os.path.join(FIXTURES, "pinned_lmr_path.json")
 UPDATE_ENV = "LMR_UPDATE_PINNED"
@@ -33,22 +33,15 @@ def _difference(name: str, got: np.ndarray, pinned: np.ndarray) -> str:
 
 
 def test_loss_terms_gradient_norm_and_saliency_are_pinned(tiny_data_root):
-  from lmr_jax.data import dataset, pipeline  # noqa: PLC0415 - after conftest's JAX settings
-  from lmr_jax.training import state as state_lib  # noqa: PLC0415
-  from lmr_jax.training import train_step as train_step_lib  # noqa: PLC0415
+  from lmr_jax.training import state as state_lib  # noqa: PLC0415 - after conftest's JAX settings
 
   config = tiny_config(tiny_data_root)
   assert config.model.use_caption_context and config.model.language_queries
   assert config.model.use_vqf and config.loss.saliency_inter_video > 0 and config.batch_size > 1
-  source = dataset.example_source(config.data, "train", with_captions=True, training=True)
-  batch = dict(next(pipeline.train_batches(source, config.batch_size, seed=0)).arrays)
+  state, step_metrics, batch, _ = train_on_one_batch(config, steps=1)
   model = state_lib.build_model(config)
-  tx, _ = train_step_lib.make_optimizer(config.optim, 100)
-  state = state_lib.init_state(config, model, tx, batch)
-  step = train_step_lib.jit_train_step(model, tx, config.loss)
-  state, metrics = step(state, batch, jax.random.key(0))
   outputs = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False))(state.params, batch)
-  got = {name: float(value) for name, value in sorted(metrics.items())}
+  got = dict(sorted(step_metrics[0].items()))
   got["saliency"] = np.asarray(outputs["saliency"])[:SALIENCY_ROWS, :SALIENCY_CLIPS].tolist()
 
   if os.environ.get(UPDATE_ENV):

@@ -28,7 +28,8 @@ def test_train_steps_decrease_loss_on_a_fixed_batch(tiny_data_root):
     config.model[f"num_{stack}_layers"] = 2
   config.model.dropout = config.model.input_dropout = 0.0
   config.optim.learning_rate = 1e-3
-  state, losses, _, _ = train_on_one_batch(config, steps=8)
+  state, step_metrics, _, _ = train_on_one_batch(config, steps=8)
+  losses = [m["loss"] for m in step_metrics]
   assert int(state.step) == 8
   assert losses[-1] < 0.8 * losses[0], losses
 

@@ -73,6 +73,7 @@ class InputNorm(nn.Module):
       x = ops.normalize_rows(jax.lax.stop_gradient(x), self.epsilon).astype(self.dtype)
     if not train or self.rate == 0.0:
       return x
+    # Drawn from this module's rng stream (not a Dropout child's): the masks runs were trained with.
     return ops.dropout(x, self.rate, self.make_rng("dropout"))
 
 
