@@ -7,16 +7,25 @@ or an ``OSError`` on a user's path). Either is one line, ``usage error: ...`` or
 stderr. ``--verbose`` (or the environment variable ``LMR_DEBUG=1``) adds the traceback and prints the
 config. Anything else is a bug and keeps its traceback.
 
+Every command parses its flags with absl. The entry points (train.py, eval.py, predict.py, demo.py)
+and ``lmr_jax.data.packed`` define theirs on absl's global FLAGS when run as scripts, for
+ml_collections' ``--config`` and its ``--config.a.b=v`` overrides, and call ``run_absl``; the module
+commands (``python -m lmr_jax.x``, ``python -m preprocess.x``) define theirs on a FlagValues of their
+own inside ``run_command``, so importing them registers nothing. Lists are comma-separated
+(``--annotations=a.jsonl,b.jsonl``); a repeatable flag is given once per value.
+
 Importing this module changes nothing; the entry points call ``quiet_native_logs`` before they import
-TensorFlow or JAX, then ``run_absl``; argparse commands return ``argparse_main``'s status.
+TensorFlow or JAX.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
+import types
 from collections.abc import Callable, Sequence
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -70,22 +79,35 @@ def exit_code(body: Callable[[], int | None], argv: Sequence[str] = ()) -> int:
     return EXIT_ERROR
 
 
-def argparse_main(parser, body: Callable, argv: Sequence[str] | None) -> int:
-  """Parses ``argv`` with ``parser`` (argparse itself exits 2 on a usage error and 0 after ``--help``)
-  plus ``--verbose``, then runs ``body(args)`` under ``exit_code``; returns the exit status."""
-  parser.add_argument(
-      "--verbose", action="store_true", help=f"print the traceback of an error (also {DEBUG_ENV}=1)"
-  )
-  args = parser.parse_args(argv)
-  return exit_code(lambda: body(args), ["--verbose"] if args.verbose else [])
-
-
-def _absl_help(flag_values, doc: str) -> str:
+def _global_flags(flag_values) -> list:
+  """The flags the running script defined on absl's global FLAGS (not absl's own)."""
   module = sys.argv[0] if sys.argv and sys.argv[0] else "main"
-  options = flag_values.get_flags_for_module(module) or flag_values.get_key_flags_for_module(module)
-  lines = [doc.strip(), "", "flags:"]
+  return flag_values.get_flags_for_module(module) or flag_values.get_key_flags_for_module(module)
+
+
+def _own_flags(flag_values) -> list:
+  """Every flag of a command's own FlagValues, once each (a short name is the same flag)."""
+  found = {}
+  for module_flags in flag_values.flags_by_module_dict().values():
+    for flag in module_flags:
+      found[flag.name] = flag
+  return list(found.values())
+
+
+def _shown(value) -> str:
+  """A default as it is typed on the command line (lists comma-separated)."""
+  if isinstance(value, (list, tuple)):
+    return ",".join(map(str, value)) or "''"
+  return repr(value) if value == "" else str(value)
+
+
+def _absl_help(options, doc: str, positional: str | None = None) -> str:
+  lines = [doc.strip(), ""]
+  if positional:
+    lines += [f"arguments: {positional} (after or among the flags)", ""]
+  lines.append("flags:")
   for flag in sorted(options, key=lambda f: f.name):
-    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+    default = "" if flag.default is None else f" (default: {_shown(flag.default)})"
     lines.append(f"  --{flag.name}: {flag.help}{default}")
   lines.append("  --verbose: print tracebacks of errors and the config (also LMR_DEBUG=1)")
   return "\n".join(lines)
@@ -114,9 +136,13 @@ def _unknown_override(argv: Sequence[str]) -> str | None:
   return None
 
 
-def parse_absl_flags(argv: Sequence[str], flag_values=None) -> list[str]:
-  """Parses ``argv`` into absl's flags; every failure (including a config file that does not load
-  or an override of an unknown key) is a one-line ``UsageError``."""
+def parse_absl_flags(
+    argv: Sequence[str], flag_values=None, *, positional: bool = False
+) -> list[str]:
+  """Parses ``argv`` (program name first) into absl's flags and returns what is left, the program
+  name first; every failure (including a config file that does not load or an override of an
+  unknown key) is a one-line ``UsageError``, and so is any argument left over unless ``positional``.
+  """
   from absl import flags  # noqa: PLC0415
 
   flag_values = flag_values or flags.FLAGS
@@ -125,7 +151,8 @@ def parse_absl_flags(argv: Sequence[str], flag_values=None) -> list[str]:
       path = arg.split("=", 1)[1].split(":", 1)[0]
       if not os.path.isfile(path):
         raise UsageError(f"{path}: no such config file (--config)")
-  flag_values.unparse_flags()  # a second parse in one process (tests) starts from the defaults
+  if flag_values.is_parsed():  # a second parse in one process (tests) starts from the defaults;
+    flag_values.unparse_flags()  # only then: it logs to the root logger, configuring it
   argv = [a for a in argv if a != "--verbose"]
   saved_argv, sys.argv = sys.argv, argv  # config_flags finds the --config.x overrides in sys.argv
   try:
@@ -139,10 +166,15 @@ def parse_absl_flags(argv: Sequence[str], flag_values=None) -> list[str]:
       message = lines[-1].strip() if traced else _first_line(e).removeprefix("ERROR:").strip()
       if isinstance(e, flags.Error):
         message = message.replace("flag --", "--")
+        missing = re.fullmatch(
+            r"--(\w+)=None: Flag --\w+ must have a value other than None\.", message
+        )
+        if missing:
+          message = f"--{missing.group(1)} is required"
     raise UsageError(message) from e
   finally:
     sys.argv = saved_argv
-  if len(rest) > 1:
+  if len(rest) > 1 and not positional:
     raise UsageError(f"unexpected arguments {rest[1:]}")
   return rest
 
@@ -156,7 +188,7 @@ def run_absl(main: Callable[[], int | None], doc: str, argv: Sequence[str] | Non
 
   argv = list(sys.argv if argv is None else argv)
   if any(a in HELP_FLAGS for a in argv[1:]):
-    print(_absl_help(flags.FLAGS, doc))
+    print(_absl_help(_global_flags(flags.FLAGS), doc))
     return EXIT_OK
   try:
     parse_absl_flags(argv)
@@ -168,6 +200,39 @@ def run_absl(main: Callable[[], int | None], doc: str, argv: Sequence[str] | Non
   # JAX's notes on the backends it did not find ("Unable to initialize backend 'tpu'") are noise.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   return exit_code(main, argv)
+
+
+def run_command(
+    define_flags: Callable,
+    body: Callable[[types.SimpleNamespace], int | None],
+    doc: str,
+    argv: Sequence[str] | None = None,
+    *,
+    positional: str | None = None,
+) -> int:
+  """Runs a module command and returns its exit status. ``define_flags(flag_values)`` defines the
+  command's flags on a FlagValues of its own (``flags.DEFINE_x(..., flag_values=flag_values)``);
+  ``body(args)`` gets their values as attributes of ``args``, and with ``positional`` (its name in
+  ``--help``) the other arguments as ``args.positional``; it raises ``UsageError`` for a bad
+  combination of flags. ``argv`` leaves out the program name (None: ``sys.argv[1:]``). ``--help``
+  prints ``doc`` and the flags (exit 0); a usage error is one line and exit status 2."""
+  from absl import flags  # noqa: PLC0415
+
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  argv = [sys.argv[0] if sys.argv else "main", *(sys.argv[1:] if argv is None else argv)]
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print(_absl_help(_own_flags(flag_values), doc, positional))
+    return EXIT_OK
+  try:
+    rest = parse_absl_flags(argv, flag_values, positional=positional is not None)
+  except UsageError as e:
+    report(e, "usage error", argv)
+    return EXIT_USAGE
+  args = types.SimpleNamespace(**{f.name: f.value for f in _own_flags(flag_values)})
+  if positional is not None:
+    args.positional = rest[1:]
+  return exit_code(lambda: body(args), argv)
 
 
 def show_config(config, argv: Sequence[str] = ()) -> None:

@@ -1,7 +1,7 @@
 r"""CLI: caption every 2 s clip of every video with a frozen multimodal LLM (LMR Video Context Enhancement).
 
     python -m preprocess.captions --videos DIR --model llava-hf/LLaVA-NeXT-Video-7B-hf --out FEAT_ROOT \
-        [--annotations train.jsonl val.jsonl ...] [--shard I --num_shards N]
+        [--annotations train.jsonl,val.jsonl,...] [--shard I --num_shards N]
 
 Writes FEAT_ROOT/captions/{vid}.json: {"vid", "model", "seed", "clip_len", "frames_per_clip", "captions",
 "instructions"}, one caption per clip in chronological order with the Table I instruction it answered.
@@ -10,12 +10,15 @@ Writes FEAT_ROOT/captions/{vid}.json: {"vid", "model", "seed", "clip_len", "fram
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
+from absl import flags
+
+from lmr_jax import cli
 from preprocess import io_utils, runtime
 from preprocess.captioners import Captioner
 from preprocess.instructions import sample_instructions
@@ -24,36 +27,45 @@ from preprocess.video_io import ClipReader, select_videos
 logger = logging.getLogger("preprocess.captions")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      prog="python -m preprocess.captions",
-      description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "videos",
+      None,
+      "directory of {vid}.mp4 (or .mkv, .webm, ...)",
+      flag_values=flag_values,
+      required=True,
   )
-  p.add_argument(
-      "--videos", required=True, type=Path, help="directory of {vid}.mp4 (or .mkv, .webm, ...)"
+  flags.DEFINE_list(
+      "annotations",
+      [],
+      "comma-separated jsonl files; if given, caption only their vids",
+      flag_values=flag_values,
   )
-  p.add_argument(
-      "--annotations", nargs="*", default=[], help="jsonl files; if given, caption only their vids"
+  flags.DEFINE_string(
+      "model",
+      None,
+      "captioner checkpoint (hub id or directory)",
+      flag_values=flag_values,
+      required=True,
   )
-  p.add_argument("--model", required=True, help="captioner checkpoint (hub id or directory)")
-  p.add_argument("--clip_len", type=float, default=2.0, help="seconds per clip")
-  p.add_argument("--frames_per_clip", type=int, default=8, help="frames a video LLM sees per clip")
-  p.add_argument("--batch_size", type=int, default=8, help="clips per generate() call")
-  p.add_argument(
-      "--max_new_tokens", type=int, default=64, help="longest caption, in generated tokens"
+  flags.DEFINE_float("clip_len", 2.0, "seconds per clip", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "frames_per_clip", 8, "frames a video LLM sees per clip", flag_values=flag_values
   )
-  p.add_argument("--seed", type=int, default=0, help="seed of the per-video instruction draw")
-  io_utils.add_run_args(p)
-  runtime.add_device_args(p, half_on_gpu=True)
-  return p.parse_args(argv)
+  flags.DEFINE_integer("batch_size", 8, "clips per generate() call", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "max_new_tokens", 64, "longest caption, in generated tokens", flag_values=flag_values
+  )
+  flags.DEFINE_integer("seed", 0, "seed of the per-video instruction draw", flag_values=flag_values)
+  io_utils.define_run_flags(flag_values)
+  runtime.define_device_flags(flag_values, half_on_gpu=True)
 
 
 def caption_video(
     captioner: Captioner,
     path: Path,
     vid: str,
-    args: argparse.Namespace,
+    args: types.SimpleNamespace,
     *,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -78,12 +90,16 @@ def caption_video(
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
+  return cli.run_command(_define_flags, _caption_all, __doc__, argv)
+
+
+def _caption_all(args: types.SimpleNamespace) -> int:
   io_utils.setup_logging(args.log_level)
+  args.videos, args.out = Path(args.videos), Path(args.out)
   videos = select_videos(args.videos, args.annotations)
   vids = io_utils.shard_keys(videos, args.shard, args.num_shards)
   logger.info("shard %d/%d: %d of %d videos", args.shard, args.num_shards, len(vids), len(videos))
-  device, dtype = runtime.resolve(args)
+  device, dtype = runtime.resolve(args.device, args.dtype, half_on_gpu=True)
 
   def out_path(vid: str) -> Path:
     return args.out / "captions" / f"{vid}.json"

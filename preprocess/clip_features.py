@@ -11,40 +11,45 @@ produced the QVHighlights release features; more frames average out motion withi
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
+from absl import flags
 from transformers import AutoImageProcessor, CLIPModel
 
+from lmr_jax import cli
 from preprocess import io_utils, runtime
 from preprocess.video_io import ClipReader, select_videos
 
 logger = logging.getLogger("preprocess.clip_features")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      prog="python -m preprocess.clip_features",
-      description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "videos",
+      None,
+      "directory of {vid}.mp4 (or .mkv, .webm, ...)",
+      flag_values=flag_values,
+      required=True,
   )
-  p.add_argument(
-      "--videos", required=True, type=Path, help="directory of {vid}.mp4 (or .mkv, .webm, ...)"
+  flags.DEFINE_list(
+      "annotations",
+      [],
+      "comma-separated jsonl files; if given, encode only their vids",
+      flag_values=flag_values,
   )
-  p.add_argument(
-      "--annotations", nargs="*", default=[], help="jsonl files; if given, encode only their vids"
+  flags.DEFINE_string(
+      "clip", None, "CLIP checkpoint (hub id or directory)", flag_values=flag_values, required=True
   )
-  p.add_argument("--clip", required=True, help="CLIP checkpoint (hub id or directory)")
-  p.add_argument("--clip_len", type=float, default=2.0, help="seconds per clip")
-  p.add_argument("--frames_per_clip", type=int, default=1, help="frames averaged per clip")
-  p.add_argument("--batch_size", type=int, default=64, help="clips per forward pass")
-  io_utils.add_run_args(p)
-  runtime.add_device_args(p, half_on_gpu=False)
-  return p.parse_args(argv)
+  flags.DEFINE_float("clip_len", 2.0, "seconds per clip", flag_values=flag_values)
+  flags.DEFINE_integer("frames_per_clip", 1, "frames averaged per clip", flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", 64, "clips per forward pass", flag_values=flag_values)
+  io_utils.define_run_flags(flag_values)
+  runtime.define_device_flags(flag_values, half_on_gpu=False)
 
 
 class ClipImageEncoder:
@@ -65,8 +70,12 @@ class ClipImageEncoder:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
+  return cli.run_command(_define_flags, _encode_all, __doc__, argv)
+
+
+def _encode_all(args: types.SimpleNamespace) -> int:
   io_utils.setup_logging(args.log_level)
+  args.videos, args.out = Path(args.videos), Path(args.out)
   videos = select_videos(args.videos, args.annotations)
   vids = io_utils.shard_keys(videos, args.shard, args.num_shards)
   logger.info("shard %d/%d: %d of %d videos", args.shard, args.num_shards, len(vids), len(videos))
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     return args.out / "clip_features" / f"{vid}.npz"
 
   def load() -> ClipImageEncoder:
-    return ClipImageEncoder(args.clip, *runtime.resolve(args))
+    return ClipImageEncoder(args.clip, *runtime.resolve(args.device, args.dtype, half_on_gpu=False))
 
   def work(vid: str, encoder: ClipImageEncoder) -> None:
     if videos[vid] is None:

@@ -9,7 +9,6 @@ instead of stopping the run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import flags
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -87,22 +87,23 @@ def shard_keys(keys: Iterable, shard: int, num_shards: int) -> list:
   return sorted(set(keys))[shard::num_shards]
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
-  """Flags every CLI shares: output root, array-job sharding and logging."""
-  parser.add_argument(
-      "--out", required=True, type=Path, help="feature root (see docs/data_layout.md)"
+def define_run_flags(flag_values) -> None:
+  """Flags every preprocess command shares: output root, array-job sharding and logging."""
+  flags.DEFINE_string(
+      "out", None, "feature root (see docs/data_layout.md)", flag_values=flag_values, required=True
   )
-  parser.add_argument(
-      "--shard", type=int, default=0, help="index of this job in an array of --num_shards"
+  flags.DEFINE_integer(
+      "shard", 0, "index of this job in an array of --num_shards", flag_values=flag_values
   )
-  parser.add_argument(
-      "--num_shards", type=int, default=1, help="number of jobs the work is split into"
+  flags.DEFINE_integer(
+      "num_shards", 1, "number of jobs the work is split into", flag_values=flag_values
   )
-  parser.add_argument(
-      "--log_level",
-      default="INFO",
-      choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-      help="logging threshold (default: %(default)s)",
+  flags.DEFINE_enum(
+      "log_level",
+      "INFO",
+      ["DEBUG", "INFO", "WARNING", "ERROR"],
+      "logging threshold",
+      flag_values=flag_values,
   )
 
 

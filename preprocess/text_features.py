@@ -1,6 +1,6 @@
 r"""CLI: text features of captions and queries.
 
-    python -m preprocess.text_features --out FEAT_ROOT --annotations train.jsonl val.jsonl test.jsonl \
+    python -m preprocess.text_features --out FEAT_ROOT --annotations train.jsonl,val.jsonl,test.jsonl \
         [--llama meta-llama/Llama-2-7b-hf] [--clip openai/clip-vit-base-patch32] [--shard I --num_shards N]
 
 With --llama (frozen embedding layer only, see llama_embedding.py):
@@ -18,52 +18,59 @@ With --clip:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from absl import flags
 from transformers import AutoTokenizer, CLIPModel
 
+from lmr_jax import cli
 from preprocess import io_utils, runtime
 from preprocess.llama_embedding import EMBEDDING_KEY, LlamaEmbedder
 
 logger = logging.getLogger("preprocess.text_features")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      prog="python -m preprocess.text_features",
-      description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_list(
+      "annotations",
+      [],
+      "comma-separated jsonl files whose queries to encode",
+      flag_values=flag_values,
   )
-  p.add_argument("--annotations", nargs="*", default=[], help="jsonl files whose queries to encode")
-  p.add_argument(
-      "--llama",
-      help="Llama checkpoint (hub id or directory) for caption and caption-query features",
+  flags.DEFINE_string(
+      "llama",
+      None,
+      "Llama checkpoint (hub id or directory) for caption and caption-query features",
+      flag_values=flag_values,
   )
-  p.add_argument(
-      "--embedding_key", default=EMBEDDING_KEY, help="safetensors name of the embedding table"
+  flags.DEFINE_string(
+      "embedding_key",
+      EMBEDDING_KEY,
+      "safetensors name of the embedding table",
+      flag_values=flag_values,
   )
-  p.add_argument(
-      "--captions", type=Path, help="captions/{vid}.json directory (default: OUT/captions)"
+  flags.DEFINE_string(
+      "captions",
+      None,
+      "captions/{vid}.json directory (default: OUT/captions)",
+      flag_values=flag_values,
   )
-  p.add_argument(
-      "--clip", help="CLIP checkpoint for clip_text_features, e.g. openai/clip-vit-base-patch32"
+  flags.DEFINE_string(
+      "clip",
+      None,
+      "CLIP checkpoint for clip_text_features, e.g. openai/clip-vit-base-patch32",
+      flag_values=flag_values,
   )
-  io_utils.add_run_args(p)
-  runtime.add_device_args(p, half_on_gpu=False)
-  args = p.parse_args(argv)
-  if not (args.llama or args.clip):
-    p.error("nothing to do: pass --llama and/or --clip")
-  if args.clip and not args.annotations:
-    p.error("--clip encodes queries: pass --annotations")
-  return args
+  io_utils.define_run_flags(flag_values)
+  runtime.define_device_flags(flag_values, half_on_gpu=False)
 
 
 def write_caption_features(captions_path: Path, out_path: Path, llama: LlamaEmbedder) -> None:
@@ -80,7 +87,7 @@ def write_caption_features(captions_path: Path, out_path: Path, llama: LlamaEmbe
 
 
 def caption_features(
-    args: argparse.Namespace, embedder: Callable[[], LlamaEmbedder]
+    args: types.SimpleNamespace, embedder: Callable[[], LlamaEmbedder]
 ) -> io_utils.RunReport:
   captions_dir = args.captions or args.out / "captions"
   available = [p.stem for p in captions_dir.glob("*.json")]
@@ -100,7 +107,7 @@ def caption_features(
 
 
 def caption_query_features(
-    args: argparse.Namespace, queries: dict[int, str], embedder: Callable[[], LlamaEmbedder]
+    args: types.SimpleNamespace, queries: dict[int, str], embedder: Callable[[], LlamaEmbedder]
 ) -> io_utils.RunReport:
   qids = io_utils.shard_keys(queries, args.shard, args.num_shards)
 
@@ -137,14 +144,14 @@ class ClipTextEncoder:
     return hidden.float().cpu().numpy()
 
 
-def clip_text_features(args: argparse.Namespace, queries: dict[int, str]) -> io_utils.RunReport:
+def clip_text_features(args: types.SimpleNamespace, queries: dict[int, str]) -> io_utils.RunReport:
   qids = io_utils.shard_keys(queries, args.shard, args.num_shards)
 
   def out_path(qid: int) -> Path:
     return args.out / "clip_text_features" / f"qid{qid}.npz"
 
   def load() -> ClipTextEncoder:
-    return ClipTextEncoder(args.clip, *runtime.resolve(args))
+    return ClipTextEncoder(args.clip, *runtime.resolve(args.device, args.dtype, half_on_gpu=False))
 
   def work(qid: int, encoder: ClipTextEncoder) -> None:
     io_utils.save_npz(out_path(qid), last_hidden_state=encoder(queries[qid]))
@@ -153,8 +160,17 @@ def clip_text_features(args: argparse.Namespace, queries: dict[int, str]) -> io_
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
+  return cli.run_command(_define_flags, _encode_all, __doc__, argv)
+
+
+def _encode_all(args: types.SimpleNamespace) -> int:
+  if not (args.llama or args.clip):
+    raise cli.UsageError("nothing to do: pass --llama and/or --clip")
+  if args.clip and not args.annotations:
+    raise cli.UsageError("--clip encodes queries: pass --annotations")
   io_utils.setup_logging(args.log_level)
+  args.out = Path(args.out)
+  args.captions = Path(args.captions) if args.captions else None
   queries = io_utils.load_queries(args.annotations)
   # one embedding table for both Llama outputs, read only if one of them has work left
   embedder = functools.cache(functools.partial(LlamaEmbedder, args.llama, args.embedding_key))

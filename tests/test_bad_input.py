@@ -2,7 +2,7 @@
 status (2 usage, 1 data/run errors, 0 --help), and no input or earlier output changed.
 
 The entry points run in this process (``cli.run_absl`` on train.py / eval.py / predict.py's ``main``;
-the argparse commands' ``main``) so ~50 cases cost seconds; two subprocess runs check what a user's
+the module commands' ``main``) so ~50 cases cost seconds; two subprocess runs check what a user's
 terminal really shows: one line, no start-up banners. Data files and the synthetic generator are
 tests/test_bad_data.py's.
 """
@@ -388,7 +388,7 @@ def test_predict_refuses_before_any_work(case, trained_copy, tmp_path, capsys):
   assert out == "" and snapshot(workdir, str(queries)) == before
 
 
-# --- the argparse commands: score, C-QVal ---------------------------------------------------------
+# --- the module commands: score, C-QVal ---------------------------------------------------------
 
 
 def _score_inputs(tmp_path, tiny_data_root):
@@ -438,12 +438,18 @@ def test_score_cli(case, tmp_path, tiny_data_root, capsys):
 
 
 def test_score_and_cqval_usage_and_outputs(tmp_path, tiny_data_root, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    score_cli.main(["--gt", "x.jsonl"])
-  assert exit_info.value.code == cli.EXIT_USAGE
-  with pytest.raises(SystemExit) as exit_info:
-    score_cli.main(["--help"])
-  assert exit_info.value.code == cli.EXIT_OK
+  capsys.readouterr()
+  assert score_cli.main(["--gt", "x.jsonl"]) == cli.EXIT_USAGE
+  assert_one_line(capsys.readouterr().err, "--submission is required", prefix="usage error: ")
+  assert score_cli.main(["--evaluator=nope", "--submission=p", "--gt=g"]) == cli.EXIT_USAGE
+  assert_one_line(
+      capsys.readouterr().err,
+      "--evaluator=nope",
+      "<charades_sta|qvhighlights>",
+      prefix="usage error: ",
+  )
+  assert score_cli.main(["--help"]) == cli.EXIT_OK
+  assert "--submission: predictions" in capsys.readouterr().out
   preds, gt = _score_inputs(tmp_path, tiny_data_root)
   a_file = tmp_path / "a_file"
   a_file.write_text("keep")

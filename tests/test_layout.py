@@ -54,39 +54,42 @@ def test_long_functions_say_why():
   assert long == []
 
 
-def _help_text(call: ast.Call, position: int | None):
+def _help_text(call: ast.Call, position: int):
   """The help argument of a flag definition: the ``help`` keyword, else the positional at
-  ``position`` (None: by keyword only, as argparse takes it)."""
+  ``position``."""
   for keyword in call.keywords:
     if keyword.arg == "help":
       return keyword.value
-  return call.args[position] if position is not None and len(call.args) > position else None
+  return call.args[position] if len(call.args) > position else None
 
 
 def _is_empty(node) -> bool:
   return node is None or (isinstance(node, ast.Constant) and not str(node.value or "").strip())
 
 
-def test_every_flag_of_every_command_says_what_it_does():
-  """argparse's ``add_argument`` and absl's ``DEFINE_*`` in every command (lmr_jax, preprocess and the
-  entry points) carry a help text, so ``--help`` describes every flag."""
+def test_every_command_takes_absl_flags_and_every_flag_says_what_it_does():
+  """One command-line style: no argparse anywhere; absl's ``DEFINE_*`` in every command (lmr_jax,
+  preprocess and the entry points) carry a help text, so ``--help`` describes every flag."""
   sources = [*(ROOT / "lmr_jax").rglob("*.py"), *(ROOT / "preprocess").rglob("*.py")]
   sources += [ROOT / name for name in ("train.py", "eval.py", "predict.py", "demo.py")]
-  bare, flags_seen = [], 0
+  bare, argparse_users, flags_seen = [], [], 0
   for path in sorted(sources):
     for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, (ast.Import, ast.ImportFrom)):
+        names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+        if "argparse" in names:
+          argparse_users.append(str(path.relative_to(ROOT)))
       if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
         continue
       name = node.func.attr
-      if name == "add_argument":
-        help_node = _help_text(node, position=None)
-      elif name.startswith("DEFINE_"):
-        help_node = _help_text(node, position=2)  # DEFINE_x(name, default, help, ...)
-      else:
+      if not name.startswith("DEFINE_"):
         continue
+      # DEFINE_x(name, default, help, ...); DEFINE_enum(name, default, values, help, ...)
+      help_node = _help_text(node, position=3 if "enum" in name else 2)
       flags_seen += 1
       if _is_empty(help_node):
         bare.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+  assert argparse_users == []
   assert flags_seen > 60  # the commands' flags are really read
   assert bare == []
 

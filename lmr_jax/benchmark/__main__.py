@@ -2,65 +2,60 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
+from absl import flags
+
 from lmr_jax import benchmark as benchmark
-from lmr_jax import cli
+from lmr_jax import cli, fileio
 from lmr_jax.benchmark import devices, report
 from lmr_jax.benchmark.profile import format_profile
 from lmr_jax.benchmark.roofline import DTYPES, QVH_TRAIN_QUERIES
 from lmr_jax.fileio import load_config
 
 
-def parse_dtypes(spec: str) -> tuple[str, ...]:
-  """``--dtypes``: comma-separated, each one of ``DTYPES``."""
-  dtypes = tuple(d.strip() for d in spec.split(",") if d.strip())
-  unknown = [d for d in dtypes if d not in DTYPES]
-  if unknown:
-    raise argparse.ArgumentTypeError(f"{unknown} not in {DTYPES}")
-  return dtypes
-
-
-def parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog="python -m lmr_jax.benchmark", description=benchmark.__doc__.split("\n\n")[0]
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string("config", "configs/qvh.py", "config file[:arg]", flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", 0, "0: the config's", flag_values=flag_values)
+  flags.DEFINE_integer("steps", 10, "timed train steps (median)", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "warmup", 2, "untimed train steps first (compilation, caches)", flag_values=flag_values
   )
-  parser.add_argument("--config", default="configs/qvh.py", help="config file[:arg]")
-  parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
-  parser.add_argument("--steps", type=int, default=10, help="timed train steps (median)")
-  parser.add_argument(
-      "--warmup", type=int, default=2, help="untimed train steps first (compilation, caches)"
+  flags.DEFINE_integer(
+      "train_queries",
+      QVH_TRAIN_QUERIES,
+      "queries per epoch, for the config's schedule's hours",
+      flag_values=flag_values,
   )
-  parser.add_argument(
-      "--train_queries",
-      type=int,
-      default=QVH_TRAIN_QUERIES,
-      help="queries per epoch, for the config's schedule's hours",
+  flags.DEFINE_integer("data_queries", 128, "size of the tf.data dataset", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "matmul_size", 0, "0: 2048 on the CPU, 8192 on GPU/TPU", flag_values=flag_values
   )
-  parser.add_argument("--data_queries", type=int, default=128, help="size of the tf.data dataset")
-  parser.add_argument(
-      "--matmul_size", type=int, default=0, help="0: 2048 on the CPU, 8192 on GPU/TPU"
+  flags.DEFINE_list(
+      "dtypes",
+      list(DTYPES),
+      "compute dtypes to time the train step in (besides the config's model.dtype)",
+      flag_values=flag_values,
   )
-  parser.add_argument(
-      "--dtypes",
-      default=",".join(DTYPES),
-      type=parse_dtypes,
-      help="compute dtypes to time the train step in (besides the config's model.dtype)",
-  )
-  parser.add_argument("--json", default="", help="also write the figures here")
-  parser.add_argument(
-      "--profile_dir",
-      default="",
-      help="also trace 2 train steps with jax.profiler here (Perfetto/TensorBoard) and print the "
+  flags.DEFINE_string("json", "", "also write the figures here", flag_values=flag_values)
+  flags.DEFINE_string(
+      "profile_dir",
+      "",
+      "also trace 2 train steps with jax.profiler here (Perfetto/TensorBoard) and print the "
       "slowest ops with the model code they compute",
+      flag_values=flag_values,
   )
-  return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-  args = parse_args(argv)
+def main(argv=None) -> int:
+  return cli.run_command(_define_flags, _benchmark, benchmark.__doc__, argv)
+
+
+def _benchmark(args) -> None:
+  unknown = [d for d in args.dtypes if d not in DTYPES]
+  if unknown or not args.dtypes:
+    raise cli.UsageError(f"--dtypes: {unknown or 'none given'}, each must be one of {DTYPES}")
+  args.dtypes = tuple(args.dtypes)
   config = load_config(args.config)
   batch_size = args.batch_size or config.batch_size
   results, profile = report.run_benchmark(
@@ -90,9 +85,8 @@ def main(argv=None) -> None:
         "figures": {row[0]: results[row[0]] for row in report.ROWS},
         "pass": {row[0]: report.passes(row[0], results[row[0]]) for row in report.ROWS},
     }
-    with open(args.json, "w") as f:
-      json.dump(record, f, indent=1)
+    fileio.write_json(args.json, record, indent=1)
 
 
 if __name__ == "__main__":
-  sys.exit(cli.exit_code(main, sys.argv))
+  sys.exit(main())

@@ -14,7 +14,6 @@ these tokens route to their own event's captions. Prints a table per layer and w
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
@@ -26,6 +25,7 @@ if __name__ == "__main__":  # run as a command: quiet before TensorFlow and JAX 
   cli.quiet_native_logs()  # library module, importing it changes no environment variable
 
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
 from lmr_jax import fileio  # noqa: E402
 from lmr_jax.data import dataset  # noqa: E402
@@ -115,20 +115,33 @@ def format_table(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "workdir",
+      None,
+      "a train.py workdir (config.json, checkpoints)",
+      flag_values=flag_values,
+      required=True,
+  )
+  flags.DEFINE_string(
+      "checkpoint", "best", "'best', 'latest' or a step number", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+      "split",
+      None,
+      "a split of the run's annotation files (default: its eval split)",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "num_queries", 0, "read only this many queries (0: all)", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+      "output_dir", None, "default: {workdir}/eval/{split}_{checkpoint}", flag_values=flag_values
+  )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-      "--workdir", required=True, help="a train.py workdir (config.json, checkpoints)"
-  )
-  parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step number")
-  parser.add_argument(
-      "--split", help="a split of the run's annotation files (default: its eval split)"
-  )
-  parser.add_argument(
-      "--num_queries", type=int, default=0, help="read only this many queries (0: all)"
-  )
-  parser.add_argument("--output_dir", help="default: {workdir}/eval/{split}_{checkpoint}")
-  return cli.argparse_main(parser, _run, argv)
+  return cli.run_command(_define_flags, _run, __doc__, argv)
 
 
 def _run(args) -> None:

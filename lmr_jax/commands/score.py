@@ -10,13 +10,13 @@ the metrics never overwrite an input.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from lmr_jax import cli
-from lmr_jax import fileio
+from absl import flags
+
+from lmr_jax import cli, fileio
 from lmr_jax.evaluation import evaluators
 from lmr_jax.evaluation.submission import read_ground_truth, read_submission
 
@@ -25,24 +25,42 @@ def default_save_path(submission_path: str) -> str:
   """``<dir>/<stem>_metrics.json`` beside the submission, the stem without .jsonl / .jsonl.gz."""
   base = os.path.basename(submission_path)
   for ext in (".gz", ".jsonl", ".json"):
-    base = base[: -len(ext)] if base.endswith(ext) else base
+    base = base.removesuffix(ext)
   return os.path.join(os.path.dirname(submission_path), f"{base}_metrics.json")
 
 
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "submission",
+      None,
+      "predictions, JSON Lines (.gz ok)",
+      flag_values=flag_values,
+      required=True,
+  )
+  flags.DEFINE_string(
+      "gt",
+      None,
+      "ground-truth annotations, JSON Lines (.gz ok)",
+      flag_values=flag_values,
+      required=True,
+  )
+  flags.DEFINE_string(
+      "save_path",
+      None,
+      "metrics json (default: <submission stem>_metrics.json beside it)",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_enum(
+      "evaluator",
+      "qvhighlights",
+      sorted(evaluators.METRICS),
+      "metrics to compute",
+      flag_values=flag_values,
+  )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--submission", required=True, help="predictions, JSON Lines (.gz ok)")
-  parser.add_argument("--gt", required=True, help="ground-truth annotations, JSON Lines (.gz ok)")
-  parser.add_argument(
-      "--save_path", help="metrics json (default: <submission stem>_metrics.json beside it)"
-  )
-  parser.add_argument(
-      "--evaluator",
-      choices=sorted(evaluators.METRICS),
-      default="qvhighlights",
-      help="metrics to compute (default: %(default)s)",
-  )
-  return cli.argparse_main(parser, _score, argv)
+  return cli.run_command(_define_flags, _score, __doc__, argv)
 
 
 def _score(args) -> None:

@@ -12,9 +12,10 @@ With ``--config`` each split gets every check training and evaluation run before
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+from absl import flags
 
 from lmr_jax import cli, fileio
 from lmr_jax.data.queries import (  # noqa: F401 - re-exported: the public names of annotation files
@@ -74,18 +75,46 @@ def _check_config_splits(spec: str, config, splits: list[str]) -> int:
   return failed
 
 
-def _load_config(parser: argparse.ArgumentParser, spec: str):
+def _load_config(spec: str):
   """The config of ``--config``; one that does not load is a usage error (exit status 2), as for
   the other entry points."""
   path = spec.partition(":")[0]
   if not os.path.isfile(path):
-    parser.error(f"{path}: no such config file (--config)")
+    raise cli.UsageError(f"{path}: no such config file (--config)")
   try:
     return fileio.load_config(spec)
   except LmrError:
     raise
   except Exception as e:  # noqa: BLE001 - a config is user code: any failure to load it
-    parser.error(f"{spec}: the config does not load ({type(e).__name__}: {e})")
+    raise cli.UsageError(f"{spec}: the config does not load ({type(e).__name__}: {e})") from e
+
+
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "config",
+      None,
+      "config file[:arg]: validate its splits and their features",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_multi_string(
+      "split",
+      [],
+      "with --config: a split of config.data.annotation_files (repeatable; default: every split "
+      "that names a file)",
+      flag_values=flag_values,
+  )
+
+
+def _validate(args) -> int:
+  if args.split and not args.config:
+    raise cli.UsageError("--split needs --config")
+  if not args.positional and not args.config:
+    raise cli.UsageError("give annotation files, --config, or both")
+  config = _load_config(args.config) if args.config else None
+  failed = _check_files(args.positional)
+  if config is not None:
+    failed += _check_config_splits(args.config, config, args.split)
+  return 1 if failed else 0
 
 
 def main(argv=None) -> int:
@@ -93,32 +122,7 @@ def main(argv=None) -> int:
   ``--config=configs/x.py [--split=val]`` validates a config's splits against their features with the
   checks training and evaluation run (every feature file read). Each problem is one ``error:`` line
   on stderr, and the exit status 1; a usage error exits 2."""
-  parser = argparse.ArgumentParser(
-      description="Validate QVHighlights-style annotation files, or a config's splits with their "
-      "features (the checks training runs before it starts)."
-  )
-  parser.add_argument("files", nargs="*", help="annotation files (.jsonl) to validate")
-  parser.add_argument("--config", help="config file[:arg]: validate its splits and their features")
-  parser.add_argument(
-      "--split",
-      action="append",
-      default=[],
-      help="with --config: a split of config.data.annotation_files (repeatable; default: every "
-      "split that names a file)",
-  )
-
-  def body(args) -> int:
-    if args.split and not args.config:
-      parser.error("--split needs --config")
-    if not args.files and not args.config:
-      parser.error("give annotation files, --config, or both")
-    config = _load_config(parser, args.config) if args.config else None
-    failed = _check_files(args.files)
-    if config is not None:
-      failed += _check_config_splits(args.config, config, args.split)
-    return 1 if failed else 0
-
-  return cli.argparse_main(parser, body, argv)
+  return cli.run_command(_define_flags, _validate, main.__doc__, argv, positional="FILE...")
 
 
 if __name__ == "__main__":

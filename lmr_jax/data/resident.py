@@ -16,19 +16,18 @@ Tables (V videos with C clips in all, N queries with Q tokens in all; no padding
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from lmr_jax import cli
-from lmr_jax import fileio
+from lmr_jax import cli, fileio
+from lmr_jax.config_keys import RESIDENT_DTYPES
 from lmr_jax.data import features as features_lib
 from lmr_jax.data import order
 from lmr_jax.data import queries as queries_lib
-from lmr_jax.config_keys import RESIDENT_DTYPES
 from lmr_jax.data.examples import ExampleSource
 from lmr_jax.data.queries import DataError
 
@@ -203,14 +202,20 @@ def footprint_bytes(data, annotations, with_captions: bool, dtype: str) -> int:
   )
 
 
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string("config", "configs/qvh.py", "config file[:arg]", flag_values=flag_values)
+  flags.DEFINE_string(
+      "split", "train", "the config's split whose features to size", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+      "annotations", "", "this file instead of the config's split", flag_values=flag_values
+  )
+
+
 def main(argv=None) -> int:
   """``python -m lmr_jax.data.resident --config=configs/qvh.py``: the device memory the train split's
   features would take with ``config.data.device_resident``, at float32 and bfloat16."""
-  parser = argparse.ArgumentParser(description=main.__doc__.split(":", 1)[1].strip())
-  parser.add_argument("--config", default="configs/qvh.py", help="config file[:arg]")
-  parser.add_argument("--split", default="train", help="the config's split whose features to size")
-  parser.add_argument("--annotations", default="", help="this file instead of the config's split")
-  return cli.argparse_main(parser, _report, argv)
+  return cli.run_command(_define_flags, _report, main.__doc__, argv)
 
 
 def _report(args) -> None:

@@ -17,7 +17,6 @@ frozen embedding layer, and a second one for CLIP's text tokens, whose space the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -27,6 +26,7 @@ import sys
 import zlib
 
 import numpy as np
+from absl import flags
 
 from lmr_jax import cli, fileio
 from lmr_jax.data import features as features_lib
@@ -524,28 +524,32 @@ def ensure(data) -> None:
   generate(cfg, root)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-      "--out_dir", required=True, help="folder for annotations/ and features/ (made if missing)"
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "out_dir",
+      None,
+      "folder for annotations/ and features/ (made if missing)",
+      flag_values=flag_values,
+      required=True,
   )
+  define = {int: flags.DEFINE_integer, float: flags.DEFINE_float}
   for field in dataclasses.fields(SyntheticConfig):
-    parser.add_argument(
-        f"--{field.name}",
-        type=type(field.default),
-        default=field.default,
-        help=f"{field.metadata['help']} (default: %(default)s)",
+    define[type(field.default)](
+        field.name, field.default, field.metadata["help"], flag_values=flag_values
     )
 
-  def body(args) -> None:
-    settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "verbose")}
-    cfg = SyntheticConfig(**settings)
-    check_settings(cfg, prefix="--")
-    for split, path in generate(cfg, args.out_dir).items():
-      with open(path) as f:
-        print(f"{split}: {sum(1 for _ in f)} queries -> {path}")
 
-  return cli.argparse_main(parser, body, argv)
+def _write(args) -> None:
+  settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)}
+  cfg = SyntheticConfig(**settings)
+  check_settings(cfg, prefix="--")
+  for split, path in generate(cfg, args.out_dir).items():
+    with open(path) as f:
+      print(f"{split}: {sum(1 for _ in f)} queries -> {path}")
+
+
+def main(argv=None) -> int:
+  return cli.run_command(_define_flags, _write, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,14 @@ writes ``D/cqval_c{C}_w{W}.jsonl`` (the annotation lines kept, in input order) a
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+from absl import flags
 
-from lmr_jax import cli
-from lmr_jax import fileio
+from lmr_jax import cli, fileio
 from lmr_jax.data.annotations import QueryAnnotation
 from lmr_jax.errors import LmrError
 from lmr_jax.evaluation import evaluators
@@ -191,18 +190,32 @@ def format_score_rows(rows: list[dict], title: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "annotations",
+      None,
+      "QVHighlights-style JSON Lines (.gz ok)",
+      flag_values=flag_values,
+      required=True,
+  )
+  flags.DEFINE_string(
+      "out_dir",
+      None,
+      "folder for the splits and cqval_sizes.md (made if missing)",
+      flag_values=flag_values,
+      required=True,
+  )
+  flags.DEFINE_string(
+      "spacy_model",
+      DEFAULT_SPACY_MODEL,
+      "installed spaCy English pipeline to parse with",
+      flag_values=flag_values,
+  )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description="Build the C-QVal complex-query validation splits.")
-  parser.add_argument("--annotations", required=True, help="QVHighlights-style JSON Lines (.gz ok)")
-  parser.add_argument(
-      "--out_dir", required=True, help="folder for the splits and cqval_sizes.md (made if missing)"
-  )
-  parser.add_argument(
-      "--spacy_model",
-      default=DEFAULT_SPACY_MODEL,
-      help="installed spaCy English pipeline to parse with",
-  )
-  return cli.argparse_main(parser, _build, argv)
+  """Builds the C-QVal complex-query validation splits of ``--annotations`` in ``--out_dir``."""
+  return cli.run_command(_define_flags, _build, __doc__, argv)
 
 
 def _build(args) -> None:

@@ -9,7 +9,6 @@ use, so a raw video and its precomputed features give the same prediction.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import types
@@ -144,9 +143,7 @@ class Encoders:
       getattr(self, name)
 
   def _torch(self, half_on_gpu: bool) -> tuple[torch.device, torch.dtype]:
-    return runtime.resolve(
-        argparse.Namespace(device=self.device, dtype=self.dtype, half_on_gpu=half_on_gpu)
-    )
+    return runtime.resolve(self.device, self.dtype, half_on_gpu=half_on_gpu)
 
   @functools.cached_property
   def llama(self) -> LlamaEmbedder:

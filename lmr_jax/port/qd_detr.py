@@ -19,18 +19,17 @@ with it is refused.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+from absl import flags
 
-from lmr_jax import cli
-from lmr_jax import fileio
-from lmr_jax.errors import LmrError
+from lmr_jax import cli, fileio
 from lmr_jax.data import features as features_lib
+from lmr_jax.errors import LmrError
 
 
 class PortError(LmrError):
@@ -410,45 +409,57 @@ def port_checkpoint(checkpoint_path: str, workdir: str, visual_dims: tuple[int, 
   return config
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m lmr_jax.port.qd_detr", description=__doc__.split("\n\n")[0]
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "outputs", None, "with a fixture: where to write our outputs (.npz)", flag_values=flag_values
   )
-  parser.add_argument("fixture", nargs="?", help="a QD-DETR parity fixture (.npz)")
-  parser.add_argument("--outputs", help="with a fixture: where to write our outputs (.npz)")
-  parser.add_argument("--checkpoint", help="a QD-DETR training checkpoint (torch file)")
-  parser.add_argument("--workdir", help="with --checkpoint: the LMR workdir to write")
-  parser.add_argument(
-      "--visual_dims",
-      help="with --checkpoint: comma-separated widths of its v_feat_dirs streams, when they are not "
+  flags.DEFINE_string(
+      "checkpoint", None, "a QD-DETR training checkpoint (torch file)", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+      "workdir", None, "with --checkpoint: the LMR workdir to write", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "visual_dims",
+      None,
+      "with --checkpoint: comma-separated widths of its v_feat_dirs streams, when they are not "
       "QVHighlights' slowfast_features (2304) and clip_features (512)",
+      flag_values=flag_values,
   )
-  return cli.argparse_main(parser, lambda args: _port(parser, args), argv)
 
 
-def _port(parser, args) -> None:
+def main(argv=None) -> int:
+  return cli.run_command(_define_flags, _port, __doc__, argv, positional="[FIXTURE.npz]")
+
+
+def _port(args) -> None:
+  if len(args.positional) > 1:
+    raise cli.UsageError(f"one fixture at a time, got {args.positional}")
+  fixture = args.positional[0] if args.positional else None
   if args.checkpoint:
-    if not args.workdir or args.fixture:
-      parser.error("--checkpoint needs --workdir and no fixture")
+    if not args.workdir or fixture:
+      raise cli.UsageError("--checkpoint needs --workdir and no fixture")
     dims = None
     if args.visual_dims:
       try:
-        dims = tuple(int(x) for x in args.visual_dims.split(","))
+        dims = tuple(int(x) for x in args.visual_dims)
       except ValueError:
-        parser.error(f"--visual_dims: not comma-separated integers: {args.visual_dims!r}")
+        raise cli.UsageError(
+            f"--visual_dims: not comma-separated integers: {','.join(args.visual_dims)!r}"
+        ) from None
     config = port_checkpoint(args.checkpoint, args.workdir, dims)
     print(
         f"wrote {args.workdir} (config.json, checkpoints/0, best/0; k={config.model.num_queries})"
     )
-  elif args.fixture:
+  elif fixture:
     if not args.outputs:
-      parser.error("a fixture needs --outputs OUT.npz")
-    fileio.check_output_file(args.outputs, [args.fixture], "--outputs")
-    result = run_fixture(args.fixture)
+      raise cli.UsageError("a fixture needs --outputs OUT.npz")
+    fileio.check_output_file(args.outputs, [fixture], "--outputs")
+    result = run_fixture(fixture)
     features_lib.write_npz(args.outputs, **result)
     print(f"wrote {args.outputs} ({len(result)} arrays)")
   else:
-    parser.error("give a fixture or --checkpoint")
+    raise cli.UsageError("give a fixture or --checkpoint")
 
 
 if __name__ == "__main__":

@@ -12,20 +12,19 @@ attention maps need the model, so only ``eval.py --plots N`` draws them. Figures
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
 import sys
 import textwrap
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from absl import flags
 from matplotlib.figure import Figure
 
-from lmr_jax import cli
-from lmr_jax import fileio
+from lmr_jax import cli, fileio
 from lmr_jax.data.annotations import DataError, load_annotations
 from lmr_jax.evaluation.submission import SubmissionError, read_submission
 from lmr_jax.visualization import PlotError
@@ -309,24 +308,42 @@ def _timelines(eval_dir: str, annotations: str, num: int, clip_len: float, *, ou
   return paths
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--workdir", help="a training workdir: plots its metrics.jsonl")
-  p.add_argument("--eval_dir", help="an eval.py output folder: cqval.json, submission.jsonl")
-  p.add_argument("--annotations", help="the evaluated split's annotation file (for timelines)")
-  p.add_argument(
-      "--num_queries", type=int, default=4, help="timelines to draw (with --annotations)"
+def _define_flags(flag_values) -> None:
+  flags.DEFINE_string(
+      "workdir", None, "a training workdir: plots its metrics.jsonl", flag_values=flag_values
   )
-  p.add_argument("--clip_len", type=float, default=2.0, help="seconds per clip")
-  p.add_argument("--out_dir", help="default: {eval_dir}/plots, else {workdir}/plots")
-  return cli.argparse_main(p, lambda args: _plot(p, args), argv)
+  flags.DEFINE_string(
+      "eval_dir",
+      None,
+      "an eval.py output folder: cqval.json, submission.jsonl",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+      "annotations",
+      None,
+      "the evaluated split's annotation file (for timelines)",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "num_queries", 4, "timelines to draw (with --annotations)", flag_values=flag_values
+  )
+  flags.DEFINE_float("clip_len", 2.0, "seconds per clip", flag_values=flag_values)
+  flags.DEFINE_string(
+      "out_dir", None, "default: {eval_dir}/plots, else {workdir}/plots", flag_values=flag_values
+  )
 
 
-def _plot(parser, args) -> None:
+def main(argv=None) -> int:
+  return cli.run_command(_define_flags, _plot, __doc__, argv)
+
+
+def _plot(args) -> None:
   if not (args.workdir or args.eval_dir):
-    parser.error("nothing to plot: pass --workdir and/or --eval_dir")
+    raise cli.UsageError("nothing to plot: pass --workdir and/or --eval_dir")
   if args.annotations and not args.eval_dir:
-    parser.error("--annotations draws timelines of --eval_dir's submission: pass --eval_dir")
+    raise cli.UsageError(
+        "--annotations draws timelines of --eval_dir's submission: pass --eval_dir"
+    )
   out_dir = args.out_dir or os.path.join(args.eval_dir or args.workdir, "plots")
   paths = []
   if args.workdir:
