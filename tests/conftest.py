@@ -4,6 +4,13 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests compile many small programs and run each a few times: XLA:CPU's LLVM back end at -O0 halves
+# the compile time of the tiny model's steps (docs/testing.md). Before JAX starts its backend, and
+# inherited by every subprocess a test starts; a user's own XLA_FLAGS are kept.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+  ).strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib  # noqa: E402

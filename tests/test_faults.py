@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow  # kills and resumes real trainings
 
 def _fault_config(root):
   config = tiny_config(root)
-  config.num_epochs = 4
+  config.num_epochs = 2  # 14 steps: room for three faults and a resume
   config.checkpoint_every_steps = 2
   config.log_every_steps = 1
   return config
