@@ -28,19 +28,7 @@ logger = logging.getLogger("preprocess.captions")
 
 
 def _define_flags(flag_values) -> None:
-  flags.DEFINE_string(
-      "videos",
-      None,
-      "directory of {vid}.mp4 (or .mkv, .webm, ...)",
-      flag_values=flag_values,
-      required=True,
-  )
-  flags.DEFINE_list(
-      "annotations",
-      [],
-      "comma-separated jsonl files; if given, caption only their vids",
-      flag_values=flag_values,
-  )
+  io_utils.define_video_flags(flag_values, verb="caption")
   flags.DEFINE_string(
       "model",
       None,

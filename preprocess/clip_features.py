@@ -29,19 +29,7 @@ logger = logging.getLogger("preprocess.clip_features")
 
 
 def _define_flags(flag_values) -> None:
-  flags.DEFINE_string(
-      "videos",
-      None,
-      "directory of {vid}.mp4 (or .mkv, .webm, ...)",
-      flag_values=flag_values,
-      required=True,
-  )
-  flags.DEFINE_list(
-      "annotations",
-      [],
-      "comma-separated jsonl files; if given, encode only their vids",
-      flag_values=flag_values,
-  )
+  io_utils.define_video_flags(flag_values, verb="encode")
   flags.DEFINE_string(
       "clip", None, "CLIP checkpoint (hub id or directory)", flag_values=flag_values, required=True
   )

@@ -107,6 +107,24 @@ def define_run_flags(flag_values) -> None:
   )
 
 
+def define_video_flags(flag_values, *, verb: str) -> None:
+  """--videos and --annotations of the commands that read videos; ``verb`` says in --help what the
+  command does to each video ("caption", "encode")."""
+  flags.DEFINE_string(
+      "videos",
+      None,
+      "directory of {vid}.mp4 (or .mkv, .webm, ...)",
+      flag_values=flag_values,
+      required=True,
+  )
+  flags.DEFINE_list(
+      "annotations",
+      [],
+      f"comma-separated jsonl files; if given, {verb} only their vids",
+      flag_values=flag_values,
+  )
+
+
 def setup_logging(level: str) -> None:
   logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
