@@ -12,8 +12,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_SYNTHETIC, tiny_config
 
+from conftest import TINY_SYNTHETIC, tiny_config
 from lmr_jax.data import annotations as annotations_lib
 from lmr_jax.data import checks, dataset, synthetic
 from lmr_jax.data.annotations import DataError
