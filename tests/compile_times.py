@@ -1,8 +1,10 @@
-"""Compile times of the tiny test model (init, evaluation forward, training forward) on this machine:
-what docs/testing.md quotes for the test session's XLA flag.
+"""Compile times of the tiny test model (init, evaluation forward, training forward, whole train step:
+forward, matcher, losses, gradients, Adam) on one device of this machine:
+what docs/testing.md quotes for the test session's XLA flags (tests/conftest.py).
 
-  python tests/compile_times.py                                                # XLA's default -O2
-  XLA_FLAGS=--xla_backend_optimization_level=0 python tests/compile_times.py   # the tests' setting
+  python tests/compile_times.py                                  # XLA's defaults
+  XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false \
+      --xla_cpu_parallel_codegen_split_count=1" python tests/compile_times.py   # the tests' setting
 """
 
 import os
@@ -17,8 +19,9 @@ import numpy as np  # noqa: E402
 
 _XLA_FLAGS = os.environ.get("XLA_FLAGS")
 import conftest  # noqa: E402 - the tiny data and config of the tests
-from lmr_jax.data import dataset, synthetic  # noqa: E402
+from lmr_jax.data import dataset, pipeline, synthetic  # noqa: E402
 from lmr_jax.model.lmr import LMR  # noqa: E402
+from lmr_jax.training import train_step as train_step_lib  # noqa: E402
 
 # conftest sets the tests' XLA flag and compilation cache: measure with the caller's flags, uncached.
 if _XLA_FLAGS is None:
@@ -40,6 +43,8 @@ def main() -> None:
     config = conftest.tiny_config(root)
     source = dataset.example_source(config.data, "val", with_captions=True, training=False)
     batch = {k: np.stack([source.example(i)[k] for i in range(4)]) for k in source.example(0)}
+    train_source = dataset.example_source(config.data, "train", with_captions=True, training=True)
+    train_batch = dict(next(pipeline.train_batches(train_source, 4, seed=0)).arrays)
   model = LMR(config.model)
   init = lambda b: model.init(jax.random.key(0), b, train=False)  # noqa: E731
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
@@ -49,6 +54,15 @@ def main() -> None:
   print(f"evaluation apply  {_compile_seconds(evaluate, params, batch):5.1f} s")
   train = lambda p, b, k: model.apply(p, b, train=True, rngs={"dropout": k})  # noqa: E731
   print(f"training apply    {_compile_seconds(train, params, batch, jax.random.key(1)):5.1f} s")
+  tx, _ = train_step_lib.make_optimizer(config.optim, 100)
+  state = train_step_lib.TrainState(
+      step=np.zeros((), np.int32), params=params["params"], opt_state=tx.init(params["params"])
+  )
+  step = lambda s, b, k: train_step_lib.train_step(  # noqa: E731
+      s, b, k, model=model, tx=tx, loss_cfg=config.loss
+  )
+  seconds = _compile_seconds(step, state, train_batch, jax.random.key(1))
+  print(f"train step        {seconds:5.1f} s")
 
 
 if __name__ == "__main__":

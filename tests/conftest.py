@@ -4,13 +4,21 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Tests compile many small programs and run each a few times: XLA:CPU's LLVM back end at -O0 halves
-# the compile time of the tiny model's steps (docs/testing.md). Before JAX starts its backend, and
-# inherited by every subprocess a test starts; a user's own XLA_FLAGS are kept.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-  ).strip()
+# Tests compile many small programs and run each a few times, so XLA:CPU's compile time is most of
+# the suite (docs/testing.md): its LLVM back end at -O0, the classic loop emitters instead of the
+# MLIR fusion emitters, one codegen thread per module (pytest's workers already fill the cores) --
+# together about half the compile time of a train step. Set before JAX starts its backend, inherited
+# by every subprocess a test starts; a flag the user sets in XLA_FLAGS is kept.
+_TEST_XLA_FLAGS = {
+    "--xla_backend_optimization_level": "0",
+    "--xla_cpu_use_fusion_emitters": "false",
+    "--xla_cpu_parallel_codegen_split_count": "1",
+}
+_user_xla_flags = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = " ".join(
+    [_user_xla_flags]
+    + [f"{flag}={value}" for flag, value in _TEST_XLA_FLAGS.items() if flag not in _user_xla_flags]
+).strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib  # noqa: E402

@@ -17,7 +17,6 @@ from conftest import (
     child_environment,
     logged_train_losses,
     restore_checkpoint,
-    tiny_config,
     train_command,
 )
 from lmr_jax.data import dataset, order
@@ -28,19 +27,11 @@ from lmr_jax.data.position import DataPosition
 pytestmark = pytest.mark.slow  # kills and resumes real trainings
 
 
-def _fault_config(root):
-  config = tiny_config(root)
-  config.num_epochs = 2  # 14 steps: room for three faults and a resume
-  config.checkpoint_every_steps = 2
-  config.log_every_steps = 1
-  return config
-
-
-def _start(root, workdir, log_path):
+def _start(config, workdir, log_path):
+  """``python train.py`` of ``config`` (the tiny config: 14 steps, a checkpoint every 3, room for
+  three faults and a resume)."""
   log = open(log_path, "w")
-  command = train_command(
-      _fault_config(root), workdir, ("num_epochs", "checkpoint_every_steps", "log_every_steps")
-  )
+  command = train_command(config, workdir)
   process = subprocess.Popen(
       command, cwd=REPO, env=child_environment(), stdout=log, stderr=subprocess.STDOUT
   )
@@ -65,18 +56,9 @@ def _checkpoint_in_flight(workdir):
   return os.path.isdir(directory) and any("tmp" in name for name in os.listdir(directory))
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_data_root, tmp_path_factory):
-  config = _fault_config(tiny_data_root)
-  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  train_lib.train_and_evaluate(config, workdir)
-  return config, workdir
-
-
-def test_kill_and_sigterm_then_resume_match_an_uninterrupted_run(
-    uninterrupted, tiny_data_root, tmp_path
-):
-  config, reference_dir = uninterrupted
+def test_kill_and_sigterm_then_resume_match_an_uninterrupted_run(tiny_trained, tmp_path):
+  """The session's tiny run is the uninterrupted one."""
+  config, reference_dir, _ = tiny_trained
   workdir = str(tmp_path / "faulty")
   rng = random.Random(0)
   faults = [
@@ -86,7 +68,7 @@ def test_kill_and_sigterm_then_resume_match_an_uninterrupted_run(
   ]
   for i, (name, sig, ready) in enumerate(faults):
     log_path = str(tmp_path / f"run{i}.log")
-    process, log = _start(tiny_data_root, workdir, log_path)
+    process, log = _start(config, workdir, log_path)
     try:
       _wait_for(ready, process)
       if sig == signal.SIGKILL and "step" in name:
@@ -105,7 +87,7 @@ def test_kill_and_sigterm_then_resume_match_an_uninterrupted_run(
       assert returncode == -signal.SIGKILL, f"{name}: {output[-3000:]}"
 
   log_path = str(tmp_path / "final.log")
-  process, log = _start(tiny_data_root, workdir, log_path)
+  process, log = _start(config, workdir, log_path)
   try:
     assert process.wait(timeout=300) == 0, open(log_path).read()[-3000:]
   finally:
@@ -138,11 +120,9 @@ def _truncate_arrays(step_dir):
       f.truncate(os.path.getsize(path) // 2)
 
 
-@pytest.mark.parametrize("damage", [_damage_metadata, _truncate_arrays])
-def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
-    uninterrupted, tmp_path, damage, caplog
-):
-  config, reference_dir = uninterrupted
+def _damaged_copy(reference_dir, tmp_path, damage) -> tuple[str, list[int]]:
+  """A copy of ``reference_dir`` whose latest checkpoint ``damage`` made unreadable, with a save that
+  orbax never finalised after it: (workdir, the steps it had)."""
   workdir = str(tmp_path / "copy")
   shutil.copytree(reference_dir, workdir)
   checkpoints = os.path.join(workdir, "checkpoints")
@@ -150,7 +130,15 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
   damage(os.path.join(checkpoints, str(steps[-1])))
   # A half-written save that orbax never finalised is not a step at all.
   os.makedirs(os.path.join(checkpoints, f"{steps[-1] + 1}.orbax-checkpoint-tmp-1"))
+  return workdir, steps
 
+
+@pytest.mark.parametrize("damage", [_damage_metadata, _truncate_arrays])
+def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
+    tiny_trained, tmp_path, damage, caplog
+):
+  config, reference_dir, _ = tiny_trained
+  workdir, steps = _damaged_copy(reference_dir, tmp_path, damage)
   with caplog.at_level("WARNING"):
     state, position = restore_checkpoint(config, workdir)
   assert int(state.step) == steps[-2]
@@ -161,9 +149,12 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
       "unreadable checkpoint" in r.getMessage() and f"{os.sep}{steps[-1]}" in r.getMessage()
       for r in caplog.records
   )
-  assert os.path.isdir(os.path.join(checkpoints, f"{steps[-1]}.unreadable"))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", f"{steps[-1]}.unreadable"))
 
-  # Training resumes from the readable step and writes the skipped step anew.
+
+def test_training_resumes_before_an_unreadable_step_and_writes_it_anew(tiny_trained, tmp_path):
+  config, reference_dir, _ = tiny_trained
+  workdir, _ = _damaged_copy(reference_dir, tmp_path, _truncate_arrays)
   train_lib.train_and_evaluate(config, workdir)
   state, _ = restore_checkpoint(config, workdir)
   reference_state, _ = restore_checkpoint(config, reference_dir)
@@ -171,8 +162,8 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_unreadable_named_checkpoint_is_a_one_line_error(uninterrupted, tmp_path):
-  config, reference_dir = uninterrupted
+def test_unreadable_named_checkpoint_is_a_one_line_error(tiny_trained, tmp_path):
+  config, reference_dir, _ = tiny_trained
   workdir = str(tmp_path / "copy")
   shutil.copytree(reference_dir, workdir)
   step = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())

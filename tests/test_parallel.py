@@ -1,5 +1,6 @@
-"""Data parallelism: the tiny config on 4 (fake CPU) devices, replicated or FSDP, trains like 1 device,
-and its checkpoints restore on 1 device. conftest.py gives the session 4 CPU devices."""
+"""Data parallelism: the tiny config on 4 (fake CPU) devices trains like 1 device, a job of 2 processes
+with 2 devices each and the state sharded (FSDP) trains like one process of 4, and the checkpoints
+restore on 1 device and sharded on 4. conftest.py gives the session 4 CPU devices."""
 
 import json
 import os
@@ -30,18 +31,12 @@ PARAM_ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_data_root, tiny_trained, tmp_path_factory):
-  """{name: (config, workdir, final metrics)} of the tiny config on 1 device, 4 devices (the session's
-  shared run) and 4 devices FSDP."""
-  assert jax.device_count() == 4
-  results = {"four": tiny_trained}
-  for name, num_devices, fsdp in (("one", 1, False), ("fsdp", 4, True)):
-    config = tiny_config(tiny_data_root)
-    config.num_devices = num_devices
-    config.fsdp = fsdp
-    workdir = str(tmp_path_factory.mktemp(name))
-    results[name] = (config, workdir, train_lib.train_and_evaluate(config, workdir))
-  return results
+def one_device(tiny_data_root, tmp_path_factory):
+  """(config, workdir, final metrics) of the tiny config on 1 device."""
+  config = tiny_config(tiny_data_root)
+  config.num_devices = 1
+  workdir = str(tmp_path_factory.mktemp("one"))
+  return config, workdir, train_lib.train_and_evaluate(config, workdir)
 
 
 def _assert_same_params(want, got):
@@ -57,36 +52,23 @@ def _assert_same_params(want, got):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=PARAM_ATOL, err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["four", "fsdp"])
-def test_four_devices_train_like_one(runs, name):
-  config, one_dir, one_metrics = runs["one"]
-  _, other_dir, other_metrics = runs[name]
-  one_losses, other_losses = logged_train_losses(one_dir), logged_train_losses(other_dir)
-  assert one_losses.keys() == other_losses.keys() and len(one_losses) >= 3
+def test_four_devices_train_like_one(tiny_trained, one_device):
+  config, one_dir, one_metrics = one_device
+  four_config, four_dir, four_metrics = tiny_trained
+  one_losses, four_losses = logged_train_losses(one_dir), logged_train_losses(four_dir)
+  assert len(one_losses) >= 3 and one_losses.keys() == four_losses.keys()
   np.testing.assert_allclose(
-      [other_losses[s] for s in sorted(one_losses)],
+      [four_losses[s] for s in sorted(one_losses)],
       [one_losses[s] for s in sorted(one_losses)],
       rtol=LOSS_RTOL,
   )
   one_state = restore_checkpoint(config, one_dir, num_devices=1)[0]
   # Saved on 4 devices, restored on 1.
-  other_state = restore_checkpoint(runs[name][0], other_dir, num_devices=1)[0]
-  assert int(one_state.step) == int(other_state.step) > 0
-  _assert_same_params(one_state.params, other_state.params)
+  four_state = restore_checkpoint(four_config, four_dir, num_devices=1)[0]
+  assert int(one_state.step) == int(four_state.step) > 0
+  _assert_same_params(one_state.params, four_state.params)
   assert one_metrics["brief"]["MR-full-mAP"] == pytest.approx(
-      other_metrics["brief"]["MR-full-mAP"], abs=0.5
-  )
-
-
-def test_fsdp_shards_the_state_and_restores_sharded(runs):
-  config, workdir, _ = runs["fsdp"]
-  state = restore_checkpoint(config, workdir, num_devices=4)[0]
-  kernels = [p for p in jax.tree.leaves(state.params) if p.ndim == 2 and p.shape[0] % 4 == 0]
-  assert kernels and all(len(k.sharding.device_set) == 4 for k in kernels)
-  assert all(not k.sharding.is_fully_replicated for k in kernels)
-  mu = state.opt_state[-1][0].mu  # AdamW's first moment mirrors the params' layout
-  assert jax.tree.map(lambda m: m.sharding.spec, mu) == jax.tree.map(
-      lambda p: p.sharding.spec, state.params
+      four_metrics["brief"]["MR-full-mAP"], abs=0.5
   )
 
 
@@ -106,12 +88,16 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_of_two_devices_train_like_one_process_of_four(runs, tmp_path):
+@pytest.fixture(scope="module")
+def two_hosts_fsdp(tiny_trained, tmp_path_factory):
   """A real multi-host job on this machine: 2 processes (jax.distributed, gloo collectives) with 2 CPU
-  devices each, each reading its half of every batch."""
-  config, four_dir, _ = runs["four"]
-  workdir = str(tmp_path / "two_hosts")
-  command = train_command(config, workdir, ("num_epochs",)) + ["--config.distributed=True"]
+  devices each, the state sharded over all 4 (FSDP), each process reading its half of every batch:
+  (workdir, [output of process 0, output of process 1])."""
+  config = tiny_trained[0]
+  tmp_path = tmp_path_factory.mktemp("two_hosts")
+  workdir = str(tmp_path / "workdir")
+  command = train_command(config, workdir, ("num_epochs",))
+  command += ["--config.distributed=True", "--config.fsdp=True"]
   coordinator = f"localhost:{_free_port()}"
   processes, logs = [], []
   for process_id in range(2):
@@ -139,6 +125,14 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(runs, tmp_p
     outputs.append(log.read())
     log.close()
   assert returncodes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+  return workdir, outputs
+
+
+def test_two_fsdp_processes_of_two_devices_train_like_one_process_of_four(
+    tiny_trained, two_hosts_fsdp
+):
+  config, four_dir, _ = tiny_trained
+  workdir, outputs = two_hosts_fsdp
   assert "on 4 devices (2 processes)" in outputs[0]
   assert "Training finished" in outputs[0] and "Training finished" not in outputs[1]
 
@@ -154,6 +148,20 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(runs, tmp_p
       rtol=LOSS_RTOL,
   )
   four_state = restore_checkpoint(config, four_dir, num_devices=1)[0]
-  # Written by 2 processes, restored by 1 on 1 device.
+  # Sharded over the 4 devices of 2 processes, written by both, restored by 1 process on 1 device.
   two_host_state = restore_checkpoint(config, workdir, num_devices=1)[0]
+  assert int(four_state.step) == int(two_host_state.step) > 0
   _assert_same_params(four_state.params, two_host_state.params)
+
+
+def test_fsdp_shards_the_state_and_restores_sharded(tiny_trained, two_hosts_fsdp):
+  config = tiny_trained[0].copy_and_resolve_references()
+  config.fsdp = True
+  state = restore_checkpoint(config, two_hosts_fsdp[0], num_devices=4)[0]
+  kernels = [p for p in jax.tree.leaves(state.params) if p.ndim == 2 and p.shape[0] % 4 == 0]
+  assert kernels and all(len(k.sharding.device_set) == 4 for k in kernels)
+  assert all(not k.sharding.is_fully_replicated for k in kernels)
+  mu = state.opt_state[-1][0].mu  # AdamW's first moment mirrors the params' layout
+  assert jax.tree.map(lambda m: m.sharding.spec, mu) == jax.tree.map(
+      lambda p: p.sharding.spec, state.params
+  )
