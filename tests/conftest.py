@@ -303,8 +303,8 @@ def entry_point(script: str):
     flags.FLAGS.unparse_flags()
 
 
-# With pytest-xdist (`-n 2 --dist loadfile`) each module runs whole on one worker, in this order: the
-# longest modules first, so that the two workers finish together instead of one starting a
+# With pytest-xdist (`-n 3 --dist loadfile`) each module runs whole on one worker, in this order: the
+# longest modules first, so that the workers finish together instead of one starting a
 # several-minute module at the end. Without xdist the order is pytest's own.
 SLOW_MODULES_FIRST = (
     "test_parallel.py",
