@@ -33,6 +33,7 @@ PARAM_ATOL = 1e-5
 @pytest.fixture(scope="module")
 def one_device(tiny_data_root, tmp_path_factory):
   """(config, workdir, final metrics) of the tiny config on 1 device."""
+  assert jax.device_count() == 4  # the session's tiny run, which the tests compare with, uses all 4
   config = tiny_config(tiny_data_root)
   config.num_devices = 1
   workdir = str(tmp_path_factory.mktemp("one"))
