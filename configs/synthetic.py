@@ -10,7 +10,7 @@ The data (lmr_jax/data/synthetic.py) is written to data/synthetic on first use (
 for the other data variants). Only the captions tell a query's target from its look-alikes.
 Numbers (docs/synthetic_benchmark.md, 2-core CPU, 15 epochs, val R1@0.5): on the default data, where the
 visual features carry no scene, the paper's model stays at look-alike chance (35.65), as does the model
-without captions (41.23); the `:sum` extension reaches 93.31 (test 92.29). With the scene in the visual
+without captions (39.55); the `:sum` extension reaches 93.31 (test 92.29). With the scene in the visual
 features at 0.3, the paper's model reaches 96.94 and the model without captions 96.66.
 
 The variant after the colon is a comma-separated list (``:sum,scene=0.3``):
