@@ -6,6 +6,14 @@ r"""A web page that finds the moments of free-text queries in a video, with a tr
       --videos=data/qvhighlights/videos --clip=openai/clip-vit-base-patch32 \
       --llama=meta-llama/Llama-2-7b-hf
 
+  python demo.py --workdir=workdir/synthetic --compare_workdir=workdir/synthetic_no_captions
+
+A workdir trained on the synthetic benchmark needs no downloaded model: without --clip, --llama,
+--captioner or --features, the page serves the benchmark's val and test videos (drawn as their
+events: they have no frames), encodes queries with the generator's token tables, and shows the true
+moments beside the predicted ones; with --compare_workdir (a model of the same data), both models'
+moments for the same query.
+
 Serves http://127.0.0.1:7860 (--host, --port). Upload a video, or pick one of --features' videos
 (models with SlowFast features take only those), type queries, and get the top moments on a timeline
 (a click plays the moment), the per-clip saliency curve, the clip captions the video LLM wrote, and
@@ -36,6 +44,11 @@ _FEATURES = flags.DEFINE_string(
 _VIDEOS = flags.DEFINE_string(
     "videos", None, "With --features: a folder of their raw files ({vid}.mp4, ...) for the player."
 )
+_COMPARE_WORKDIR = flags.DEFINE_string(
+    "compare_workdir",
+    None,
+    "A second synthetic workdir of the same data (e.g. without captions): both models' moments.",
+)
 _TOP_K = flags.DEFINE_integer("top_k", 10, "Moments per query, best first.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to serve on (0.0.0.0: every interface).")
 _PORT = flags.DEFINE_integer("port", 7860, "Port to serve on.")
@@ -62,13 +75,38 @@ def _check_flags() -> None:
     fileio.check_writable_folder(_CACHE_DIR.value, "--cache_dir")
 
 
+def _synthetic_session(config):
+  """A synthetic workdir's session: its own data and token tables, no preprocessing model."""
+  from lmr_jax.demo import synthetic as synthetic_lib
+
+  compare = None
+  if _COMPARE_WORKDIR.value:
+    compare_config = predictor_lib.load_workdir_config(_COMPARE_WORKDIR.value)
+    compare = predictor_lib.Predictor.from_workdir(
+        _COMPARE_WORKDIR.value, _CHECKPOINT.value, compare_config
+    )
+  predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value, config)
+  cache_dir = _CACHE_DIR.value or tempfile.mkdtemp(prefix="lmr_demo_")
+  return synthetic_lib.SyntheticDemoSession(
+      predictor, cache_dir, compare=compare, top_k=_TOP_K.value
+  )
+
+
 def load_session():
   """The workdir's model and the preprocessing models, loaded and checked before the page exists."""
   from lmr_jax.demo import session as session_lib
+  from lmr_jax.demo import synthetic as synthetic_lib
 
   _check_flags()
   config = predictor_lib.load_workdir_config(_WORKDIR.value)
   predictor_lib.check_options(config, _TOP_K.value, None, 0.5)
+  models = (_FEATURES, _VIDEOS, _ENCODERS.clip, _ENCODERS.llama, _ENCODERS.captioner)
+  if synthetic_lib.data_root(config) is not None and not any(f.present for f in models):
+    return _synthetic_session(config)
+  if _COMPARE_WORKDIR.value:
+    raise predictor_lib.PredictError(
+        "--compare_workdir: comparing models is for synthetic workdirs (their true moments are known)"
+    )
   raw_videos = True
   try:
     predictor_lib.check_raw_video_config(config)
@@ -90,8 +128,12 @@ def main():
   os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
   session = load_session()
   from lmr_jax.demo import page as page_lib  # Gradio, imported once the models are in
+  from lmr_jax.demo import synthetic as synthetic_lib
 
-  page = page_lib.build(session, _WORKDIR.value)
+  if isinstance(session, synthetic_lib.SyntheticDemoSession):
+    page = page_lib.build_synthetic(session, _WORKDIR.value, _COMPARE_WORKDIR.value)
+  else:
+    page = page_lib.build(session, _WORKDIR.value)
   logging.info("serving %s on http://%s:%d", _WORKDIR.value, _HOST.value, _PORT.value)
   page.queue(default_concurrency_limit=1).launch(
       server_name=_HOST.value,

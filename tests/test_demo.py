@@ -4,16 +4,14 @@ headless Chromium (Debian's chromium and chromium-driver; .ci/run installs them)
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+import browser as browser_lib  # noqa: E402
 from conftest import REPO, child_environment, entry_point  # noqa: E402
 from lmr_jax import cli  # noqa: E402
 from lmr_jax.errors import LmrError  # noqa: E402
@@ -25,7 +23,6 @@ from tiny_models import write_video  # noqa: E402
 
 pytestmark = pytest.mark.slow  # serves the demo and drives a browser
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 QUERIES = "a man walking dog in the park\nwoman cooks food"
 MODEL_OPTIONS = {"max_new_tokens": 3, "caption_batch_size": 4}
 RECORD = {
@@ -176,6 +173,10 @@ def demo_cli():
         (["--workdir={workdir}", "--port=0"], "--port must be in [1, 65535]"),
         (["--workdir={workdir}", "--clip={clip}"], "needs --llama"),
         (
+            ["--workdir={workdir}", "--clip={clip}", "--compare_workdir={workdir}"],
+            "--compare_workdir: comparing models is for synthetic workdirs",
+        ),
+        (
             ["--workdir={workdir}", "--clip={clip}", "--llama={clip}", "--captioner={llava}"],
             "--llama {clip}: cannot load",
         ),
@@ -201,36 +202,12 @@ def test_start_up_errors_are_one_line_before_serving(
 # --- the page, in a real browser ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _wait_until_served(server: subprocess.Popen, url: str, log: Path, timeout: float = 300) -> None:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if server.poll() is not None:
-      pytest.fail(f"demo.py exited with {server.returncode}: {log.read_text()[-3000:]}")
-    try:
-      with urllib.request.urlopen(url, timeout=5) as response:
-        if response.status == 200:
-          return
-    except OSError:
-      time.sleep(1)
-  pytest.fail(f"demo.py did not serve {url} in {timeout} s: {log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def served(clip_only_trained, tiny_hf_models, tmp_path_factory):
   """The URL of demo.py serving the tiny workdir (its own process, as a user starts it)."""
-  if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-    pytest.skip(
-        f"no {CHROMIUM} / {CHROMEDRIVER}: apt-get install chromium chromium-driver (.ci/run does)"
-    )
-  pytest.importorskip("selenium", reason="selenium is in requirements-demo.txt")
+  browser_lib.skip_without_browser()
   root = tmp_path_factory.mktemp("served")
-  port = _free_port()
+  port = browser_lib.free_port()
   log = root / "demo.log"
   command = [
       sys.executable,
@@ -249,7 +226,7 @@ def served(clip_only_trained, tiny_hf_models, tmp_path_factory):
     )
   try:
     url = f"http://127.0.0.1:{port}/"
-    _wait_until_served(server, url, log)
+    browser_lib.wait_until_served(server, url, log)
     yield url
   finally:
     server.terminate()
@@ -258,32 +235,8 @@ def served(clip_only_trained, tiny_hf_models, tmp_path_factory):
 
 @pytest.fixture
 def browser(tmp_path):
-  from selenium import webdriver
-  from selenium.webdriver.chrome.service import Service
-
-  options = webdriver.ChromeOptions()
-  options.binary_location = CHROMIUM
-  # No network beyond localhost here: without the background-networking flags Chromium keeps
-  # trying to reach Google's hosts.
-  for flag in (
-      "--headless=new",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-dev-shm-usage",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      f"--user-data-dir={tmp_path / 'chromium'}",
-      "--window-size=1400,1500",
-  ):
-    options.add_argument(flag)
-  driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-  try:
+  with browser_lib.open_browser(tmp_path) as driver:
     yield driver
-  finally:
-    driver.quit()
 
 
 def _ask(driver, url: str, video: Path, queries: str) -> None:

@@ -142,6 +142,131 @@ def build(session: session_lib.DemoSession, workdir: str) -> gr.Blocks:
   return page
 
 
+SYNTHETIC_HELP = (
+    "A video of the synthetic benchmark (it has no frames: its events are drawn as the captions "
+    "describe them), queries in the benchmark's words, one per line, or one of the video's "
+    "annotated queries, then **Find moments**. Green: the true moments."
+)
+
+
+def _synthetic_header(session, workdir: str, compare_workdir: str | None) -> str:
+  config = session.config
+  captions = "on" if config.model.use_caption_context else "off"
+  compared = ""
+  if session.compare is not None:
+    other = "on" if session.compare.config.model.use_caption_context else "off"
+    compared = (
+        f" Compared with `{compare_workdir}` (step {session.compare.step}, caption context "
+        f"{other}), in orange."
+    )
+  return (
+      f"# LMR on the synthetic context benchmark\n{SYNTHETIC_HELP}\n\n"
+      f"Model: `{workdir}` (step {session.predictor.step}, caption context {captions}, top "
+      f"{session.top_k} moments; data `{session.features}`).{compared}"
+  )
+
+
+class SyntheticHandlers:
+  """The synthetic page's event functions, bound to one ``SyntheticDemoSession``."""
+
+  def __init__(self, session, names: tuple[str, str]):
+    self.session, self.names = session, names
+
+  def pick_video(self, vid):
+    """The picked video's events strip and its annotated queries for the second picker."""
+    if not vid:
+      return "", gr.update(choices=[], value=None)
+    try:
+      strip = views.strip_html(*self.session.events(vid))
+    except LmrError as e:
+      return views.error_html(str(e)), gr.update(choices=[], value=None)
+    return strip, gr.update(choices=self.session.picks.get(vid, []), value=None)
+
+  def answer(self, vid, text):
+    """(status, strip, timeline, saliency, captions, download); one message on failure."""
+    try:
+      answer = self.session.answer(vid, text)
+      download = _write_predictions(answer.records, self.session.cache_dir / "predictions")
+    except (LmrError, OSError) as e:
+      logger.info("request refused: %s", e)
+      return (views.error_html(str(e)), gr.update()) + _empty_outputs("")[1:]
+    except Exception as e:  # a bug: the page gets one line, the log the traceback
+      logger.exception("request failed")
+      message = f"internal error ({type(e).__name__}); the server log has the details"
+      return (views.error_html(message), gr.update()) + _empty_outputs("")[1:]
+    records = answer.records
+    if answer.compare_records is not None:  # one curve per model and query
+      records = [dict(r, query=f"{r['query']} [{self.names[0]}]") for r in answer.records] + [
+          dict(r, query=f"{r['query']} [{self.names[1]}]") for r in answer.compare_records
+      ]
+    return (
+        "",
+        views.strip_html(answer.events, answer.num_clips, answer.clip_len, answer.duration),
+        views.timeline_html(answer.records, answer.truths, answer.compare_records, self.names),
+        pd.DataFrame(views.saliency_rows(records)),
+        views.caption_rows(answer.captions),
+        download,
+    )
+
+
+def _model_names(workdir: str, compare_workdir: str | None) -> tuple[str, str]:
+  """Short labels of the two models: the workdirs' folder names, whole paths where those are alike,
+  and the second marked when a workdir is compared with itself."""
+  first, second = (os.path.normpath(w) if w else "" for w in (workdir, compare_workdir))
+  if os.path.basename(first) != os.path.basename(second):
+    return os.path.basename(first), os.path.basename(second)
+  return (first, second) if first != second else (first, f"{second} (compared)")
+
+
+def build_synthetic(session, workdir: str, compare_workdir: str | None = None) -> gr.Blocks:
+  """The page of a synthetic workdir (``synthetic.SyntheticDemoSession``): the benchmark's videos
+  drawn as their events, typed or annotated queries, the true moments beside the predicted ones."""
+  handlers = SyntheticHandlers(session, _model_names(workdir, compare_workdir))
+  with gr.Blocks(title="LMR moment retrieval: synthetic benchmark") as page:
+    gr.Markdown(_synthetic_header(session, workdir, compare_workdir))
+    with gr.Row():
+      with gr.Column(scale=1):
+        video = gr.Dropdown(
+            choices=session.feature_vids,
+            value=None,
+            label="Video (val and test)",
+            elem_id="lmr-feature-video",
+        )
+        strip = gr.HTML(elem_id="lmr-strip")
+        picked = gr.Dropdown(
+            choices=[], value=None, label="...an annotated query of it", elem_id="lmr-annotated"
+        )
+        queries = gr.Textbox(
+            label="Queries (one per line, the benchmark's words)",
+            lines=3,
+            placeholder="woman dancing in the kitchen",
+            elem_id="lmr-queries",
+        )
+        run = gr.Button("Find moments", variant="primary", elem_id="lmr-run")
+        status = gr.HTML(elem_id="lmr-status")
+      with gr.Column(scale=1):
+        timeline = gr.HTML(label="Top moments", elem_id="lmr-timeline")
+        saliency = gr.LinePlot(
+            x="time (s)", y="saliency", color="query", label="Clip saliency", elem_id="lmr-saliency"
+        )
+        captions = gr.Dataframe(
+            headers=["clip", "caption", "instruction"],
+            label="Clip captions (what the model read)",
+            interactive=False,
+            wrap=True,
+            elem_id="lmr-captions",
+        )
+        download = gr.File(label="Predictions (predict.py JSON Lines)", elem_id="lmr-download")
+    video.input(handlers.pick_video, inputs=video, outputs=[strip, picked])
+    picked.input(lambda text: text or "", inputs=picked, outputs=queries)
+    run.click(
+        handlers.answer,
+        inputs=[video, queries],
+        outputs=[status, strip, timeline, saliency, captions, download],
+    )
+  return page
+
+
 def launch_options(session: session_lib.DemoSession) -> dict:
   """The page's script and style, and the folders it may serve files from."""
   allowed = [session.cache_dir] + ([session.videos] if session.videos else [])
