@@ -9,7 +9,7 @@ r"""Predicts moments and clip saliency of queries in one video with a trained LM
   python predict.py --workdir=workdir/qvh --features=data/qvhighlights/features --vid=VID --qid=2579
 
 The model and its config come from --workdir (its config.json). A raw --video goes through preprocess/
-first (torch side; CLIP-only configs); --features reads precomputed files. Queries are free text
+first (torch side; a model that reads SlowFast features needs --slowfast, the SlowFast R50 8x8 checkpoint); --features reads precomputed files. Queries are free text
 (--query, repeatable, or --queries_file, one per line; encoded with --clip and --llama) or annotated
 queries whose token files are in --features (--qid). The video's features are computed once for all
 queries. Prints one JSON object per query, or writes them as JSON Lines to --output. Videos longer than

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
@@ -47,12 +47,17 @@ def num_clips(duration: float, clip_len: float) -> int:
   return max(1, math.ceil((duration - 1e-3) / clip_len))
 
 
-def sample_times(duration: float, clip_len: float, frames_per_clip: int) -> np.ndarray:
-  """(num_clips, frames_per_clip) timestamps in seconds, ascending."""
+def sample_times(
+    duration: float, clip_len: float, frames_per_clip: int, offsets: np.ndarray | None = None
+) -> np.ndarray:
+  """(num_clips, frames_per_clip) timestamps in seconds, ascending. ``offsets``: seconds into every
+  clip instead (the last clip's may lie past the end: its last frame stays on screen)."""
   starts = np.arange(num_clips(duration, clip_len)) * clip_len
+  if offsets is not None:
+    return starts[:, None] + np.asarray(offsets, np.float64)[None, :]
   ends = np.minimum(starts + clip_len, duration)
-  offsets = (np.arange(frames_per_clip) + 0.5) / frames_per_clip
-  return starts[:, None] + offsets[None, :] * (ends - starts)[:, None]
+  fractions = (np.arange(frames_per_clip) + 0.5) / frames_per_clip
+  return starts[:, None] + fractions[None, :] * (ends - starts)[:, None]
 
 
 class ClipReader:
@@ -62,7 +67,16 @@ class ClipReader:
   (the model processors resize). Use as a context manager so the file is closed on errors.
   """
 
-  def __init__(self, path: str | os.PathLike, clip_len: float = 2.0, frames_per_clip: int = 1):
+  def __init__(
+      self,
+      path: str | os.PathLike,
+      clip_len: float = 2.0,
+      frames_per_clip: int = 1,
+      *,
+      offsets: Callable[[float], np.ndarray] | None = None,
+  ):
+    """``offsets(frame_rate)``, if given, picks the frames instead: seconds into each clip, from the
+    stream's average frame rate (frames per second)."""
     self.path = Path(path)
     self._container = av.open(str(path))
     try:
@@ -71,7 +85,11 @@ class ClipReader:
       self._stream = self._container.streams.video[0]
       self._stream.thread_type = "AUTO"
       self.duration = self._duration()
-      self.times = sample_times(self.duration, clip_len, frames_per_clip)
+      self.frame_rate = float(self._stream.average_rate or self._stream.guessed_rate or 0)
+      if offsets is not None and not self.frame_rate > 0:
+        raise ValueError("the stream reports no frame rate")
+      picked = None if offsets is None else offsets(self.frame_rate)
+      self.times = sample_times(self.duration, clip_len, frames_per_clip, picked)
     except BaseException:
       self._container.close()
       raise

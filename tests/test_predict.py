@@ -315,7 +315,7 @@ def _workdir_with_config(trained, directory, **data):
         ("no_video", "nowhere.mp4: no such video file"),
         ("corrupt_video", "bad.mp4: unreadable video"),
         ("missing_features", "missing feature file"),
-        ("slowfast", "slowfast_features (config.data.visual_streams), which preprocess/ cannot"),
+        ("slowfast", "a raw video's SlowFast features needs --slowfast"),
         ("no_query", "no query: pass --query"),
         ("both_inputs", "pass either --video or --features"),
         ("no_captioner", "the captions of a raw video needs --captioner"),

@@ -25,7 +25,8 @@ MAX_QUERIES = 20  # one page request; each query is a model row per window
 Progress = Callable[[float, str], None]  # (fraction done, what is running)
 # Share of the work each stage of a new upload takes (captioning dominates), for one progress bar.
 STAGES = {
-    "clip features": (0.0, 0.15),
+    "slowfast features": (0.0, 0.1),  # models that read SlowFast features only
+    "clip features": (0.1, 0.15),
     "captions": (0.15, 0.85),
     "caption embeddings": (0.85, 0.9),
 }

@@ -21,6 +21,7 @@ class EncoderFlags:
   clip: flags.FlagHolder
   llama: flags.FlagHolder
   captioner: flags.FlagHolder
+  slowfast: flags.FlagHolder
   embedding_key: flags.FlagHolder
   device: flags.FlagHolder
   dtype: flags.FlagHolder
@@ -50,6 +51,11 @@ def define() -> EncoderFlags:
       clip=flags.DEFINE_string("clip", None, "CLIP checkpoint: video frames and query text."),
       llama=flags.DEFINE_string("llama", None, "Llama checkpoint: caption and query embeddings."),
       captioner=flags.DEFINE_string("captioner", None, "The captioning video LLM (raw videos)."),
+      slowfast=flags.DEFINE_string(
+          "slowfast",
+          None,
+          "SlowFast R50 8x8 checkpoint, SLOWFAST_8x8_R50.pkl or .pyth (raw videos, SlowFast models).",
+      ),
       embedding_key=flags.DEFINE_string(
           "embedding_key", "model.embed_tokens.weight", "Name of Llama's embedding table."
       ),

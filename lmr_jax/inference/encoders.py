@@ -2,8 +2,8 @@
 
 Imported only for a raw video or free-text queries: it needs preprocess/requirements.txt (torch,
 transformers, PyAV), which predicting from precomputed features does not. A video becomes the feature
-files of docs/data_layout.md, written as the preprocess CLIs write them (CLIP image features, captions
-and their Llama embedding vectors), and is then read back by the loaders that training and evaluation
+files of docs/data_layout.md, written as the preprocess CLIs write them (SlowFast features where the
+model reads them, CLIP image features, captions and their Llama embedding vectors), and is then read back by the loaders that training and evaluation
 use, so a raw video and its precomputed features give the same prediction.
 """
 
@@ -27,10 +27,13 @@ from preprocess import io_utils, runtime
 from preprocess.captioners import Captioner
 from preprocess.clip_features import ClipImageEncoder
 from preprocess.llama_embedding import EMBEDDING_KEY, LlamaEmbedder
+from preprocess.slowfast import FEATURE_DIM
+from preprocess.slowfast_features import SlowFastEncoder, frame_offsets
 from preprocess.text_features import ClipTextEncoder, write_caption_features
 from preprocess.video_io import ClipReader
 
 CLIP_BATCH_SIZE = 64  # clips per CLIP forward pass, preprocess.clip_features' default
+SLOWFAST_BATCH_SIZE = 8  # clips (of 32 frames) per SlowFast forward pass, as preprocess'
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -86,6 +89,7 @@ class Encoders:
       clip: str | None = None,
       llama: str | None = None,
       captioner: str | None = None,
+      slowfast: str | None = None,
       embedding_key: str = EMBEDDING_KEY,
       device: str = "auto",
       dtype: str = "auto",
@@ -96,7 +100,7 @@ class Encoders:
       seed: int = 0,
   ):
     self.config = config
-    self.checkpoints = {"clip": clip, "llama": llama, "captioner": captioner}
+    self.checkpoints = {"clip": clip, "llama": llama, "captioner": captioner, "slowfast": slowfast}
     self.embedding_key = embedding_key
     self.device, self.dtype = device, dtype
     self.clip_frames_per_clip = clip_frames_per_clip
@@ -115,6 +119,7 @@ class Encoders:
   def require(self, video: bool, text: bool) -> None:
     """Fails before any model loads when a flag the run needs is missing."""
     needs = [("clip", "a raw video's visual features")] * video
+    needs += [("slowfast", "a raw video's SlowFast features")] * (video and self.reads_slowfast)
     if self.llama_query_tokens:
       needs += [("llama", "encoding query text (data.query_feat_dir holds Llama tokens)")] * text
     else:
@@ -138,7 +143,7 @@ class Encoders:
     if self.config.model.use_caption_context:
       needed += ["llama"] + ["captioner"] * video
     if video:
-      needed.append("clip_image")
+      needed += ["clip_image"] + ["slowfast_video"] * self.reads_slowfast
     for name in needed:
       getattr(self, name)
 
@@ -195,8 +200,31 @@ class Encoders:
         lambda c: ClipImageEncoder(c, *self._torch(half_on_gpu=False)),
     )
     dim = encoder.model.config.projection_dim
-    trained = self.config.data.visual_dims[0]
+    trained = self._visual_dim("clip_features")
     _check_dim("clip", checkpoint, "image features", dim, trained=trained, key="data.visual_dims")
+    return encoder
+
+  @property
+  def reads_slowfast(self) -> bool:
+    return "slowfast_features" in self.config.data.visual_streams
+
+  def _visual_dim(self, stream: str) -> int:
+    data = self.config.data
+    return data.visual_dims[list(data.visual_streams).index(stream)]
+
+  @functools.cached_property
+  def slowfast_video(self) -> SlowFastEncoder:
+    checkpoint = self.checkpoints["slowfast"]
+    encoder = _loaded(
+        "slowfast",
+        checkpoint,
+        "a raw video's SlowFast features",
+        lambda c: SlowFastEncoder(c, *self._torch(half_on_gpu=False)),
+    )
+    trained = self._visual_dim("slowfast_features")
+    _check_dim(
+        "slowfast", checkpoint, "features", FEATURE_DIM, trained=trained, key="data.visual_dims"
+    )
     return encoder
 
   @functools.cached_property
@@ -234,21 +262,31 @@ class Encoders:
     report = on_progress or (lambda stage, done, total: None)
     predictor_lib.check_raw_video_config(self.config)
     data, root = self.config.data, Path(feat_root)
-    clip_path = root / "clip_features" / f"{vid}.npz"
-    # loaded first, so that its own errors are not taken for the video's
-    encoder = None if clip_path.exists() else self.clip_image
-    try:
-      with ClipReader(video, data.clip_len, self.clip_frames_per_clip) as clips:
-        duration = clips.duration
-        if encoder is not None:
-          features = []
-          for batch in io_utils.batched(clips, CLIP_BATCH_SIZE):
-            features.append(encoder(batch))
-            report("clip features", sum(map(len, features)), clips.num_clips)
-          io_utils.save_npz(clip_path, features=np.concatenate(features))
-    except (av.FFmpegError, ValueError) as e:
-      reason = (str(e).splitlines() or [""])[0][:300]
-      raise PredictError(f"{video}: unreadable video ({type(e).__name__}: {reason})") from None
+    streams = [("clip_features", "clip features", self.clip_frames_per_clip, None, CLIP_BATCH_SIZE)]
+    if self.reads_slowfast:  # the release extractor's frames (preprocess.slowfast_features)
+      offsets = lambda rate: frame_offsets(rate, data.clip_len)  # noqa: E731
+      streams.insert(0, ("slowfast_features", "slowfast features", 1, offsets, SLOWFAST_BATCH_SIZE))
+    for stream, stage, frames_per_clip, offsets, batch_size in streams:
+      path = root / stream / f"{vid}.npz"
+      # loaded first, so that its own errors are not taken for the video's
+      encoder = None
+      if not path.exists():
+        encoder = self.slowfast_video if stream == "slowfast_features" else self.clip_image
+      try:
+        with ClipReader(video, data.clip_len, frames_per_clip, offsets=offsets) as clips:
+          duration = clips.duration
+          if encoder is not None:
+            features = []
+            for batch in io_utils.batched(clips, batch_size):
+              features.append(encoder(batch))
+              report(stage, sum(map(len, features)), clips.num_clips)
+            features = np.concatenate(features)
+            if stream == "slowfast_features":
+              features = features.astype(np.float16)  # as the release and the extractor write it
+            io_utils.save_npz(path, features=features)
+      except (av.FFmpegError, ValueError) as e:
+        reason = (str(e).splitlines() or [""])[0][:300]
+        raise PredictError(f"{video}: unreadable video ({type(e).__name__}: {reason})") from None
     if self.config.model.use_caption_context:
       self._write_captions(Path(video), root, vid, report)
     return duration

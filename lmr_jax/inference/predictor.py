@@ -40,7 +40,8 @@ from lmr_jax.training import parallel
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
 
-RAW_VIDEO_STREAMS = ("clip_features",)  # the visual streams preprocess/ can compute from a video
+# The visual streams preprocess/ computes from a video (preprocess.clip_features, .slowfast_features).
+RAW_VIDEO_STREAMS = ("slowfast_features", "clip_features")
 
 
 class PredictError(LmrError):
