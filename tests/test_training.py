@@ -15,6 +15,7 @@ from lmr_jax import config_keys
 from lmr_jax.data import pipeline
 from lmr_jax.commands import train as train_lib
 from lmr_jax.data.position import DataPosition
+from lmr_jax.training import metric_log
 from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import trainer
 
@@ -65,6 +66,11 @@ def test_resume_continues_exactly(tiny_trained, tmp_path, capsys):
   final_metrics = train_lib.train_and_evaluate(config, resumed)
   summary = capsys.readouterr().out
   assert "Training finished at step" in summary
+  # where the resumed process's time went: its first dispatch compiles, then the other steps of the
+  # second epoch, one evaluation (the last step) and its checkpoint saves
+  (wall,) = [line for line in summary.splitlines() if "wall time" in line]
+  assert "setup" in wall and "first dispatch of 1 step(s) with its compilation" in wall
+  assert " 1 evaluation(s) " in wall and "checkpoint save(s)" in wall and "more step(s)" in wall
   assert f"best checkpoint (val MR-full-mAP): {os.path.join(resumed, 'best')}" in summary
   assert f"tensorboard --logdir {os.path.join(resumed, 'tensorboard')}" in summary
 
@@ -168,3 +174,17 @@ def test_grad_clip_norm_zero_means_no_clipping():
       clipped, updates(optax.chain(optax.clip_by_global_norm(1.0), adamw())), rtol=1e-6
   )
   assert not np.allclose(unclipped[1], clipped[1], rtol=0.1)
+
+
+def test_phase_clock_line_shows_each_phase_that_happened():
+  clock = metric_log.PhaseClock()
+  clock.add("setup", 12.04)
+  clock.add("first_dispatch", 31.0, count=1)
+  clock.add("steps", 879.4, count=1319)
+  clock.add("evaluation", 45.2, count=3)
+  line = clock.line()
+  assert line.startswith("wall time 00:00:")
+  assert line.endswith(
+      ": setup 12.0 s, first dispatch of 1 step(s) with its compilation 31.0 s, 1319 more step(s) "
+      "14 min 39 s, 3 evaluation(s) 45.2 s"
+  )  # no checkpoint was saved: no such part

@@ -85,6 +85,7 @@ def train(
   (or command) then resumes exactly there. Long because it is the whole loop, to be read top to
   bottom: set up, then per dispatch step, log, evaluate, save, stop.
   """
+  clock = metric_log.PhaseClock()
   feeds.check_resident_config(config)
   schedule = _Schedule(config, order.steps_per_epoch(len(source), config.batch_size))
   mesh = _mesh(config)
@@ -108,14 +109,18 @@ def train(
   log = metric_log.MetricLog(workdir, config)
   bar = _EpochBars(schedule.steps_per_epoch, position)
   history, metrics, start_time = [], {}, time.time()
+  clock.add("setup", time.monotonic() - clock.start)
   log_train = functools.partial(
       _log_train, log, lr_schedule=lr_schedule, start_step=start_step, start_time=start_time
   )
   with _StopOnSignal() as stop:
     try:
       while step < schedule.total_steps:
-        dispatch = feed.next(schedule.steps_to_next_event(step))
-        state, step_metrics = dispatch.run(state, rng)
+        phase = "first_dispatch" if step == start_step else "steps"  # the first compiles
+        with clock.timing(phase, count=0):
+          dispatch = feed.next(schedule.steps_to_next_event(step))
+          state, step_metrics = dispatch.run(state, rng)
+        clock.counts[phase] += dispatch.num_steps
         step += dispatch.num_steps
         history.append((step, step_metrics))
         bar.step(dispatch.next_position, dispatch.num_steps)
@@ -123,16 +128,19 @@ def train(
         stop_now = stop.requested()
         save_now = schedule.save_due(step) or eval_now or stop_now
         if schedule.log_due(step) or save_now:
-          train_loss = log_train(history, step, dispatch.position.epoch)
+          with clock.timing("steps", count=0):  # fetching the losses waits for the steps
+            train_loss = log_train(history, step, dispatch.position.epoch)
           history = []
           bar.show_loss(train_loss)
         if eval_now:
-          metrics = evaluate(eval_step, state.params, mesh)
+          with clock.timing("evaluation"):
+            metrics = evaluate(eval_step, state.params, mesh)
           _log_eval(
               log, config.eval_split, step, dispatch.next_position.epoch, brief=metrics["brief"]
           )
         if save_now:
-          checkpointer.save(state, dispatch.next_position, metrics["brief"] if eval_now else None)
+          with clock.timing("checkpoint"):
+            checkpointer.save(state, dispatch.next_position, metrics["brief"] if eval_now else None)
         if stop_now:
           _log_stop(stop, step, checkpointer)
           break
@@ -151,6 +159,7 @@ def train(
             total_steps=schedule.total_steps,
             start_time=start_time,
             stop=stop,
+            clock=clock,
         )
     )
   return metrics
@@ -303,7 +312,9 @@ class _StopOnSignal:
     self._restore_handlers()
 
 
-def _summary(config, workdir, log, checkpointer, *, step, total_steps, start_time, stop) -> str:
+def _summary(
+    config, workdir, log, checkpointer, *, step, total_steps, start_time, stop, clock
+) -> str:
   latest, best = checkpointer.latest.latest_step(), checkpointer.best.best_step()
   return metric_log.summary(
       workdir=workdir,
@@ -317,4 +328,5 @@ def _summary(config, workdir, log, checkpointer, *, step, total_steps, start_tim
       total_steps=total_steps,
       start_time=start_time,
       stop_reason=stop.signal_name,
+      clock=clock,
   )
