@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +21,7 @@ from absl import flags
 from transformers import AutoImageProcessor, CLIPModel
 
 from lmr_jax import cli
-from preprocess import io_utils, runtime
-from preprocess.video_io import ClipReader, select_videos
+from preprocess import io_utils, runtime, video_io
 
 logger = logging.getLogger("preprocess.clip_features")
 
@@ -62,29 +60,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _encode_all(args: types.SimpleNamespace) -> int:
-  io_utils.setup_logging(args.log_level)
-  args.videos, args.out = Path(args.videos), Path(args.out)
-  videos = select_videos(args.videos, args.annotations)
-  vids = io_utils.shard_keys(videos, args.shard, args.num_shards)
-  logger.info("shard %d/%d: %d of %d videos", args.shard, args.num_shards, len(vids), len(videos))
-
-  def out_path(vid: str) -> Path:
-    return args.out / "clip_features" / f"{vid}.npz"
-
-  def load() -> ClipImageEncoder:
-    return ClipImageEncoder(args.clip, *runtime.resolve(args.device, args.dtype, half_on_gpu=False))
-
-  def work(vid: str, encoder: ClipImageEncoder) -> None:
-    if videos[vid] is None:
-      raise FileNotFoundError(f"no video file for {vid} in {args.videos}")
-    with ClipReader(videos[vid], args.clip_len, args.frames_per_clip) as clips:
-      features = np.concatenate(
-          [encoder(batch) for batch in io_utils.batched(clips, args.batch_size)]
-      )
-    io_utils.save_npz(out_path(vid), features=features)
-
-  report = io_utils.run_keys("clip_features", vids, out_path, load, work=work, logger=logger)
-  return io_utils.summarize([report], logger)
+  return video_io.encode_videos(
+      args,
+      "clip_features",
+      load=lambda: ClipImageEncoder(
+          args.clip, *runtime.resolve(args.device, args.dtype, half_on_gpu=False)
+      ),
+      open_clips=lambda path: video_io.ClipReader(path, args.clip_len, args.frames_per_clip),
+      logger=logger,
+  )
 
 
 if __name__ == "__main__":

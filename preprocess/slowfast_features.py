@@ -20,7 +20,6 @@ import logging
 import math
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,9 +27,8 @@ from absl import flags
 from PIL import Image
 
 from lmr_jax import cli
-from preprocess import io_utils, runtime
+from preprocess import io_utils, runtime, video_io
 from preprocess import slowfast as slowfast_lib
-from preprocess.video_io import ClipReader, select_videos
 
 logger = logging.getLogger("preprocess.slowfast_features")
 
@@ -115,31 +113,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _encode_all(args: types.SimpleNamespace) -> int:
-  io_utils.setup_logging(args.log_level)
-  args.videos, args.out = Path(args.videos), Path(args.out)
-  videos = select_videos(args.videos, args.annotations)
-  vids = io_utils.shard_keys(videos, args.shard, args.num_shards)
-  logger.info("shard %d/%d: %d of %d videos", args.shard, args.num_shards, len(vids), len(videos))
-
-  def out_path(vid: str) -> Path:
-    return args.out / "slowfast_features" / f"{vid}.npz"
-
-  def load() -> SlowFastEncoder:
-    return SlowFastEncoder(
-        args.checkpoint, *runtime.resolve(args.device, args.dtype, half_on_gpu=False)
-    )
-
-  def work(vid: str, encoder: SlowFastEncoder) -> None:
-    if videos[vid] is None:
-      raise FileNotFoundError(f"no video file for {vid} in {args.videos}")
-    with ClipReader(videos[vid], CLIP_LEN, offsets=frame_offsets) as clips:
-      features = np.concatenate(
-          [encoder(batch) for batch in io_utils.batched(clips, args.batch_size)]
-      )
-    io_utils.save_npz(out_path(vid), features=features.astype(np.float16))  # as the release
-
-  report = io_utils.run_keys("slowfast_features", vids, out_path, load, work=work, logger=logger)
-  return io_utils.summarize([report], logger)
+  return video_io.encode_videos(
+      args,
+      "slowfast_features",
+      load=lambda: SlowFastEncoder(
+          args.checkpoint, *runtime.resolve(args.device, args.dtype, half_on_gpu=False)
+      ),
+      open_clips=lambda path: video_io.ClipReader(path, CLIP_LEN, offsets=frame_offsets),
+      logger=logger,
+      dtype=np.float16,  # as the release
+  )
 
 
 if __name__ == "__main__":

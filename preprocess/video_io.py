@@ -10,6 +10,7 @@ are yielded as soon as they are complete, so memory stays at one clip however lo
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from preprocess import io_utils
 from preprocess.io_utils import load_vids
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -148,3 +150,39 @@ class ClipReader:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def encode_videos(
+    args,
+    stream: str,
+    *,
+    load: Callable[[], Callable[[list[np.ndarray]], np.ndarray]],
+    open_clips: Callable[[Path], ClipReader],
+    logger: logging.Logger,
+    dtype=np.float32,
+) -> int:
+  """The run of a visual-feature CLI (``args``: its flags): the videos of --videos (or of
+  --annotations) in this --shard, each read clip by clip through ``open_clips(path)``, encoded in
+  batches of --batch_size clips by the model ``load()`` returns (loaded once, only if a video is
+  left), written to ``{--out}/{stream}/{vid}.npz`` as ``features`` of ``dtype``. Returns the exit
+  status (1 if a video failed; the others are written)."""
+  io_utils.setup_logging(args.log_level)
+  args.videos, args.out = Path(args.videos), Path(args.out)
+  videos = select_videos(args.videos, args.annotations)
+  vids = io_utils.shard_keys(videos, args.shard, args.num_shards)
+  logger.info("shard %d/%d: %d of %d videos", args.shard, args.num_shards, len(vids), len(videos))
+
+  def out_path(vid: str) -> Path:
+    return args.out / stream / f"{vid}.npz"
+
+  def work(vid: str, encoder) -> None:
+    if videos[vid] is None:
+      raise FileNotFoundError(f"no video file for {vid} in {args.videos}")
+    with open_clips(videos[vid]) as clips:
+      features = np.concatenate(
+          [encoder(batch) for batch in io_utils.batched(clips, args.batch_size)]
+      )
+    io_utils.save_npz(out_path(vid), features=features.astype(dtype))
+
+  report = io_utils.run_keys(stream, vids, out_path, load, work=work, logger=logger)
+  return io_utils.summarize([report], logger)

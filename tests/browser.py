@@ -3,9 +3,11 @@ chromium-driver; .ci/run installs them)."""
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo.py")
 
 
 def skip_without_browser() -> None:
@@ -41,6 +44,28 @@ def wait_until_served(server: subprocess.Popen, url: str, log: Path, timeout: fl
     except OSError:
       time.sleep(1)
   pytest.fail(f"demo.py did not serve {url} in {timeout} s: {log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def serve_demo(flags: list[str], log: Path, *, cwd: str | None = None, env=None):
+  """demo.py with ``flags`` on a free local port, in its own process as a user starts it (from
+  ``cwd``, where the workdirs' data paths resolve; its output in ``log``); yields the page's URL."""
+  port = free_port()
+  with open(log, "w") as out:
+    server = subprocess.Popen(
+        [sys.executable, DEMO, *flags, f"--port={port}"],
+        cwd=cwd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+  try:
+    url = f"http://127.0.0.1:{port}/"
+    wait_until_served(server, url, log)
+    yield url
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ naming one of its look-alike events.
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,6 @@ from lmr_jax.data import queries as queries_lib  # noqa: E402
 from lmr_jax.demo import synthetic as demo_synthetic  # noqa: E402
 from lmr_jax.training import checkpoint as checkpoint_lib  # noqa: E402
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo.py")
 
 
 def _queries(config, vid: str | None) -> tuple[str, str, str, str]:
@@ -67,25 +65,16 @@ def main() -> int:
   from selenium.webdriver.support.ui import WebDriverWait
 
   vid, label, picked, typed = _queries(checkpoint_lib.load_config(args.workdir), args.vid)
-  port, cache = browser_lib.free_port(), tempfile.mkdtemp(prefix="lmr_screenshot_")
-  log = Path(cache) / "demo.log"
-  command = [sys.executable, DEMO, f"--workdir={args.workdir}", f"--port={port}", "--top_k=3"]
-  command += [f"--cache_dir={cache}/cache"]
-  command += [f"--compare_workdir={args.compare_workdir}"] if args.compare_workdir else []
-  with open(log, "w") as out:
-    server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-  try:
-    url = f"http://127.0.0.1:{port}/"
-    browser_lib.wait_until_served(server, url, log)
+  cache = tempfile.mkdtemp(prefix="lmr_screenshot_")
+  flags = [f"--workdir={args.workdir}", "--top_k=3", f"--cache_dir={cache}/cache"]
+  flags += [f"--compare_workdir={args.compare_workdir}"] if args.compare_workdir else []
+  with browser_lib.serve_demo(flags, Path(cache) / "demo.log") as url:
     with browser_lib.open_browser(Path(cache)) as driver:
       browser_lib.ask_synthetic(driver, url, vid, label, [picked, typed])
       WebDriverWait(driver, 60).until(  # the saliency plot drawn
           lambda d: d.find_elements(By.CSS_SELECTOR, "#lmr-saliency .mark-line path")
       )
       driver.save_screenshot(args.out)
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
   print(f"{vid}: {picked!r} (picked), {typed!r} (typed) -> {args.out}")
   return 0
 

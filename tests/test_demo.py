@@ -4,8 +4,6 @@ headless Chromium (Debian's chromium and chromium-driver; .ci/run installs them)
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -207,30 +205,16 @@ def served(clip_only_trained, tiny_hf_models, tmp_path_factory):
   """The URL of demo.py serving the tiny workdir (its own process, as a user starts it)."""
   browser_lib.skip_without_browser()
   root = tmp_path_factory.mktemp("served")
-  port = browser_lib.free_port()
-  log = root / "demo.log"
-  command = [
-      sys.executable,
-      "demo.py",
+  flags = [
       f"--workdir={clip_only_trained[1]}",
       f"--clip={tiny_hf_models['clip']}",
       f"--llama={tiny_hf_models['llama']}",
       f"--captioner={tiny_hf_models['llava']}",
       f"--cache_dir={root / 'cache'}",
-      f"--port={port}",
       "--top_k=5",
   ] + [f"--{key}={value}" for key, value in MODEL_OPTIONS.items()]
-  with open(log, "w") as out:
-    server = subprocess.Popen(
-        command, cwd=REPO, env=child_environment(1), stdout=out, stderr=subprocess.STDOUT
-    )
-  try:
-    url = f"http://127.0.0.1:{port}/"
-    browser_lib.wait_until_served(server, url, log)
+  with browser_lib.serve_demo(flags, root / "demo.log", cwd=REPO, env=child_environment(1)) as url:
     yield url
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ by demo.py with no downloaded model, driven in headless Chromium (as tests/test_
 
 import copy
 import json
-import subprocess
-import sys
 import urllib.request
 
 import numpy as np
@@ -216,27 +214,10 @@ def served(tiny_trained, tmp_path_factory):
   browser_lib.skip_without_browser()
   _, workdir, _ = tiny_trained
   root = tmp_path_factory.mktemp("served_synthetic")
-  port, log = browser_lib.free_port(), root / "demo.log"
-  command = [
-      sys.executable,
-      "demo.py",
-      f"--workdir={workdir}",
-      f"--compare_workdir={workdir}",
-      f"--cache_dir={root / 'cache'}",
-      f"--port={port}",
-      "--top_k=3",
-  ]
-  with open(log, "w") as out:
-    server = subprocess.Popen(
-        command, cwd=REPO, env=child_environment(1), stdout=out, stderr=subprocess.STDOUT
-    )
-  try:
-    url = f"http://127.0.0.1:{port}/"
-    browser_lib.wait_until_served(server, url, log)
+  flags = [f"--workdir={workdir}", f"--compare_workdir={workdir}", "--top_k=3"]
+  flags += [f"--cache_dir={root / 'cache'}"]
+  with browser_lib.serve_demo(flags, root / "demo.log", cwd=REPO, env=child_environment(1)) as url:
     yield url
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -90,6 +90,23 @@ class Handlers:
     return self.session.video_file(vid) if vid else None
 
 
+def _answer_components():
+  """The answer's side of both pages: (timeline, saliency plot, caption table, download)."""
+  timeline = gr.HTML(label="Top moments", elem_id="lmr-timeline")
+  saliency = gr.LinePlot(
+      x="time (s)", y="saliency", color="query", label="Clip saliency", elem_id="lmr-saliency"
+  )
+  captions = gr.Dataframe(
+      headers=["clip", "caption", "instruction"],
+      label="Clip captions (what the model read)",
+      interactive=False,
+      wrap=True,
+      elem_id="lmr-captions",
+  )
+  download = gr.File(label="Predictions (predict.py JSON Lines)", elem_id="lmr-download")
+  return timeline, saliency, captions, download
+
+
 def build(session: session_lib.DemoSession, workdir: str) -> gr.Blocks:
   """The page; ``launch_options`` holds what ``Blocks.launch`` needs with it."""
   handlers = Handlers(session)
@@ -115,22 +132,7 @@ def build(session: session_lib.DemoSession, workdir: str) -> gr.Blocks:
         run = gr.Button("Find moments", variant="primary", elem_id="lmr-run")
         status = gr.HTML(elem_id="lmr-status")
       with gr.Column(scale=1):
-        timeline = gr.HTML(label="Top moments", elem_id="lmr-timeline")
-        saliency = gr.LinePlot(
-            x="time (s)",
-            y="saliency",
-            color="query",
-            label="Clip saliency",
-            elem_id="lmr-saliency",
-        )
-        captions = gr.Dataframe(
-            headers=["clip", "caption", "instruction"],
-            label="Clip captions (what the model read)",
-            interactive=False,
-            wrap=True,
-            elem_id="lmr-captions",
-        )
-        download = gr.File(label="Predictions (predict.py JSON Lines)", elem_id="lmr-download")
+        timeline, saliency, captions, download = _answer_components()
     run.click(
         handlers.answer,
         inputs=[player, feature_video, queries],
@@ -245,18 +247,7 @@ def build_synthetic(session, workdir: str, compare_workdir: str | None = None) -
         run = gr.Button("Find moments", variant="primary", elem_id="lmr-run")
         status = gr.HTML(elem_id="lmr-status")
       with gr.Column(scale=1):
-        timeline = gr.HTML(label="Top moments", elem_id="lmr-timeline")
-        saliency = gr.LinePlot(
-            x="time (s)", y="saliency", color="query", label="Clip saliency", elem_id="lmr-saliency"
-        )
-        captions = gr.Dataframe(
-            headers=["clip", "caption", "instruction"],
-            label="Clip captions (what the model read)",
-            interactive=False,
-            wrap=True,
-            elem_id="lmr-captions",
-        )
-        download = gr.File(label="Predictions (predict.py JSON Lines)", elem_id="lmr-download")
+        timeline, saliency, captions, download = _answer_components()
     video.input(handlers.pick_video, inputs=video, outputs=[strip, picked])
     picked.input(lambda text: text or "", inputs=picked, outputs=queries)
     run.click(
