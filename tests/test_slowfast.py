@@ -6,7 +6,8 @@ so the CPU runs it in seconds."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import json
 import pickle
 import re
 from pathlib import Path
@@ -182,34 +183,72 @@ def test_preprocessing_resizes_the_short_side_crops_the_centre_and_normalises():
   assert pixels[0, 0, 100, 105] < 0 < pixels[0, 0, 100, 120]
 
 
+@pytest.fixture(scope="module")
+def slowfast_clip_trained(tmp_path_factory):
+  """(config, workdir) of a tiny model that reads SlowFast (2304) + CLIP features, as
+  configs/qvh.py, trained for one epoch on synthetic data of those widths."""
+  from conftest import CLIP_ONLY_DATA, tiny_config
+  from lmr_jax.commands import train as train_lib
+  from lmr_jax.data import synthetic
+
+  root = tmp_path_factory.mktemp("slowfast_clip")
+  synthetic.generate(dataclasses.replace(CLIP_ONLY_DATA, slowfast_dim=2304), str(root / "data"))
+  config = tiny_config(str(root / "data"))
+  config.data.visual_streams = ("slowfast_features", "clip_features")
+  config.data.visual_dims = (slowfast.FEATURE_DIM, CLIP_ONLY_DATA.clip_dim)
+  config.data.query_dim = config.data.caption_dim = CLIP_ONLY_DATA.text_dim
+  config.data.max_clips = CLIP_ONLY_DATA.max_clips
+  config.num_epochs = 1
+  train_lib.train_and_evaluate(config, str(root / "workdir"))
+  return config, str(root / "workdir")
+
+
 @pytest.mark.slow
-def test_a_raw_video_of_a_slowfast_and_clip_model_gets_both_streams(
-    checkpoint, clip_only_trained, tiny_hf_models, tmp_path, monkeypatch
+def test_predict_takes_a_raw_video_for_a_slowfast_and_clip_model(
+    checkpoint, slowfast_clip_trained, tiny_hf_models, tmp_path, capsys, monkeypatch
 ):
-  """predict.py's and the demo's path (``Encoders.write_video_features``) for a model that reads
-  SlowFast + CLIP features, as configs/qvh.py: both files, on one clip plan, read by the loaders."""
-  from lmr_jax.inference import encoders as encoders_lib
-  from lmr_jax.inference import predictor as predictor_lib
+  """predict.py --video on a model that reads SlowFast + CLIP features: both streams written on one
+  clip plan, and the moments those files give through --features."""
+  from conftest import entry_point
+  from lmr_jax import cli
 
   monkeypatch.setattr(slowfast_features, "SIZE", 64)
-  config = copy.deepcopy(clip_only_trained[0])
-  config.data.visual_streams = ("slowfast_features", "clip_features")
-  config.data.visual_dims = (slowfast.FEATURE_DIM, config.data.visual_dims[0])
-  encoders = encoders_lib.Encoders(
-      config,
-      clip=str(tiny_hf_models["clip"]),
-      llama=str(tiny_hf_models["llama"]),
-      captioner=str(tiny_hf_models["llava"]),
-      max_new_tokens=3,
-      caption_batch_size=4,
-  )
-  with pytest.raises(predictor_lib.PredictError, match="SlowFast features needs --slowfast"):
-    encoders.require(video=True, text=True)
-  encoders.checkpoints["slowfast"] = str(checkpoint[1])
+  _, workdir = slowfast_clip_trained
   write_video(tmp_path / "v.mp4", 5)  # 3 clips
-  duration = encoders.write_video_features(tmp_path / "v.mp4", tmp_path / "features", "v")
-  with np.load(tmp_path / "features" / "slowfast_features" / "v.npz") as npz:
-    assert npz["features"].shape == (3, 2304) and npz["features"].dtype == np.float16
-  inputs = predictor_lib.load_video_inputs(config, str(tmp_path / "features"), "v", duration)
-  assert inputs.visual.shape == (3, 2304 + config.data.visual_dims[1])
-  assert inputs.caption.shape[0] == 3
+  models = [
+      f"--clip={tiny_hf_models['clip']}",
+      f"--llama={tiny_hf_models['llama']}",
+      f"--captioner={tiny_hf_models['llava']}",
+      "--max_new_tokens=3",
+  ]
+  saved = tmp_path / "features"
+  with entry_point("predict.py") as predict:
+
+    def run(*argv):
+      capsys.readouterr()
+      status = cli.run_absl(predict.main, predict.__doc__, ["predict.py", *argv])
+      out, err = capsys.readouterr()
+      assert status == 0, err
+      return json.loads(out.splitlines()[0])
+
+    from_video = run(
+        f"--workdir={workdir}",
+        f"--video={tmp_path / 'v.mp4'}",
+        f"--slowfast={checkpoint[1]}",
+        f"--save_features={saved}",
+        "--query=a man cooks food in a kitchen",
+        *models,
+    )
+    from_files = run(
+        f"--workdir={workdir}",
+        f"--features={saved}",
+        "--vid=v",
+        "--duration=5",
+        "--query=a man cooks food in a kitchen",
+        *models,
+    )
+  for stream, width in (("slowfast_features", 2304), ("clip_features", 16)):
+    with np.load(saved / stream / "v.npz") as npz:
+      assert npz["features"].shape == (3, width)
+  assert len(from_video["pred_saliency_scores"]) == 3
+  assert from_video["pred_relevant_windows"] == from_files["pred_relevant_windows"]
