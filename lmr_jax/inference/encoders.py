@@ -2,9 +2,10 @@
 
 Imported only for a raw video or free-text queries: it needs preprocess/requirements.txt (torch,
 transformers, PyAV), which predicting from precomputed features does not. A video becomes the feature
-files of docs/data_layout.md, written as the preprocess CLIs write them (SlowFast features where the
-model reads them, CLIP image features, captions and their Llama embedding vectors), and is then read back by the loaders that training and evaluation
-use, so a raw video and its precomputed features give the same prediction.
+files of docs/data_layout.md, written as the preprocess CLIs write them (the SlowFast and CLIP image
+features the model reads, captions and their Llama embedding vectors), and is then read back by the
+loaders that training and evaluation use, so a raw video and its precomputed features give the same
+prediction.
 """
 
 from __future__ import annotations
@@ -118,8 +119,11 @@ class Encoders:
 
   def require(self, video: bool, text: bool) -> None:
     """Fails before any model loads when a flag the run needs is missing."""
-    needs = [("clip", "a raw video's visual features")] * video
-    needs += [("slowfast", "a raw video's SlowFast features")] * (video and self.reads_slowfast)
+    streams = self.config.data.visual_streams
+    needs = [("clip", "a raw video's visual features")] * (video and "clip_features" in streams)
+    needs += [("slowfast", "a raw video's SlowFast features")] * (
+        video and "slowfast_features" in streams
+    )
     if self.llama_query_tokens:
       needs += [("llama", "encoding query text (data.query_feat_dir holds Llama tokens)")] * text
     else:
@@ -143,7 +147,9 @@ class Encoders:
     if self.config.model.use_caption_context:
       needed += ["llama"] + ["captioner"] * video
     if video:
-      needed += ["clip_image"] + ["slowfast_video"] * self.reads_slowfast
+      streams = self.config.data.visual_streams
+      needed += ["clip_image"] * ("clip_features" in streams)
+      needed += ["slowfast_video"] * ("slowfast_features" in streams)
     for name in needed:
       getattr(self, name)
 
@@ -204,10 +210,6 @@ class Encoders:
     _check_dim("clip", checkpoint, "image features", dim, trained=trained, key="data.visual_dims")
     return encoder
 
-  @property
-  def reads_slowfast(self) -> bool:
-    return "slowfast_features" in self.config.data.visual_streams
-
   def _visual_dim(self, stream: str) -> int:
     data = self.config.data
     return data.visual_dims[list(data.visual_streams).index(stream)]
@@ -257,15 +259,19 @@ class Encoders:
   ):
     """Writes ``vid``'s feature files for ``video`` under ``feat_root`` (a file already there is
     kept, as the preprocess CLIs resume) and returns the video's duration in seconds.
-    ``on_progress(stage, done, total)`` follows the work: "clip features" and "captions" count
-    clips, "caption embeddings" the one file."""
+    ``on_progress(stage, done, total)`` follows the work: "slowfast features", "clip features" and
+    "captions" count clips, "caption embeddings" the one file."""
     report = on_progress or (lambda stage, done, total: None)
     predictor_lib.check_raw_video_config(self.config)
     data, root = self.config.data, Path(feat_root)
-    streams = [("clip_features", "clip features", self.clip_frames_per_clip, None, CLIP_BATCH_SIZE)]
-    if self.reads_slowfast:  # the release extractor's frames (preprocess.slowfast_features)
-      offsets = lambda rate: frame_offsets(rate, data.clip_len)  # noqa: E731
-      streams.insert(0, ("slowfast_features", "slowfast features", 1, offsets, SLOWFAST_BATCH_SIZE))
+    # (stream, progress stage, frames per clip, frame times, batch), for the streams the model reads;
+    # SlowFast takes the release extractor's frames (preprocess.slowfast_features)
+    slowfast_times = lambda rate: frame_offsets(rate, data.clip_len)  # noqa: E731
+    plans = {
+        "slowfast_features": ("slowfast features", 1, slowfast_times, SLOWFAST_BATCH_SIZE),
+        "clip_features": ("clip features", self.clip_frames_per_clip, None, CLIP_BATCH_SIZE),
+    }
+    streams = [(stream, *plans[stream]) for stream in data.visual_streams]
     for stream, stage, frames_per_clip, offsets, batch_size in streams:
       path = root / stream / f"{vid}.npz"
       # loaded first, so that its own errors are not taken for the video's
