@@ -9,17 +9,18 @@ r"""A web page that finds the moments of free-text queries in a video, with a tr
   python demo.py --workdir=workdir/synthetic --compare_workdir=workdir/synthetic_no_captions
 
 A workdir trained on the synthetic benchmark needs no downloaded model: without --clip, --llama,
---captioner, --slowfast or --features, the page serves the benchmark's val and test videos (drawn as their
-events: they have no frames), encodes queries with the generator's token tables, and shows the true
-moments beside the predicted ones; with --compare_workdir (a model of the same data), both models'
-moments for the same query.
+--captioner, --slowfast or --features, the page serves the benchmark's val and test videos (drawn as
+their events: they have no frames), encodes queries with the generator's token tables, and shows the
+true moments beside the predicted ones; with --compare_workdir (a model of the same data), both
+models' moments for the same query.
 
 Serves http://127.0.0.1:7860 (--host, --port). Upload a video (a model that reads SlowFast features
-needs --slowfast too), or pick one of --features' videos, type queries, and get the top moments on a timeline
-(a click plays the moment), the per-clip saliency curve, the clip captions the video LLM wrote, and
-the predictions as predict.py's JSON Lines. The model and the frozen preprocessing models load once,
-at start (as predict.py takes them: --clip, --llama, --captioner, --slowfast, local paths or hub ids); a bad flag,
-workdir or model exits with one line, status 1. An upload's features are kept in --cache_dir.
+needs --slowfast too), or pick one of --features' videos, type queries, and get the top moments on a
+timeline (a click plays the moment), the per-clip saliency curve, the clip captions the video LLM
+wrote, and the predictions as predict.py's JSON Lines. The model and the frozen preprocessing models
+load once, at start (as predict.py takes them: --clip, --llama, --captioner, --slowfast, local paths
+or hub ids); a bad flag, workdir or model exits with one line, status 1. An upload's features are
+kept in --cache_dir.
 """
 
 import os
@@ -100,8 +101,14 @@ def load_session():
   _check_flags()
   config = predictor_lib.load_workdir_config(_WORKDIR.value)
   predictor_lib.check_options(config, _TOP_K.value, None, 0.5)
-  models = (_FEATURES, _VIDEOS, _ENCODERS.clip, _ENCODERS.llama, _ENCODERS.captioner)
-  models += (_ENCODERS.slowfast,)
+  models = (
+      _FEATURES,
+      _VIDEOS,
+      _ENCODERS.clip,
+      _ENCODERS.llama,
+      _ENCODERS.captioner,
+      _ENCODERS.slowfast,
+  )
   if synthetic_lib.data_root(config) is not None and not any(f.present for f in models):
     return _synthetic_session(config)
   if _COMPARE_WORKDIR.value:

@@ -34,12 +34,12 @@ logger = logging.getLogger("preprocess.slowfast_features")
 
 CLIP_LEN = 2.0  # seconds: the release's clips (and LMR's)
 DECODE_FPS = 30  # the extractor resamples every video to this rate
-NUM_FRAMES, SAMPLING_RATE = (
-    32,
-    2,
-)  # SLOWFAST_8x8: 32 fast frames spanning 64 frames at the source rate
+# SLOWFAST_8x8: 32 fast frames spanning 64 frames at the source rate
+NUM_FRAMES, SAMPLING_RATE = 32, 2
 SIZE = 224
 MEAN, STD = 0.45, 0.225
+FEATURE_DTYPE = np.float16  # as the release's files
+BATCH_SIZE = 8  # clips of 32 frames per forward pass
 
 
 def frame_offsets(frame_rate: float, clip_len: float = CLIP_LEN) -> np.ndarray:
@@ -103,7 +103,7 @@ def _define_flags(flag_values) -> None:
       flag_values=flag_values,
       required=True,
   )
-  flags.DEFINE_integer("batch_size", 8, "clips per forward pass", flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", BATCH_SIZE, "clips per forward pass", flag_values=flag_values)
   io_utils.define_run_flags(flag_values)
   runtime.define_device_flags(flag_values, half_on_gpu=False)
 
@@ -121,7 +121,7 @@ def _encode_all(args: types.SimpleNamespace) -> int:
       ),
       open_clips=lambda path: video_io.ClipReader(path, CLIP_LEN, offsets=frame_offsets),
       logger=logger,
-      dtype=np.float16,  # as the release
+      dtype=FEATURE_DTYPE,
   )
 
 

@@ -49,6 +49,19 @@ def _write_predictions(records: list[dict], out_dir: Path) -> str:
   return str(path)
 
 
+def _failure_html(error: Exception) -> str:
+  """The page's one message for a failed request (call it while handling ``error``): a user error
+  (``LmrError``, ``OSError``) as its own line; anything else, a bug, as its type, with the traceback
+  in the server's log."""
+  if isinstance(error, (LmrError, OSError)):
+    logger.info("request refused: %s", error)
+    return views.error_html(str(error))
+  logger.exception("request failed")
+  return views.error_html(
+      f"internal error ({type(error).__name__}); the server log has the details"
+  )
+
+
 def _empty_outputs(status_html: str):
   return status_html, "", None, [], None
 
@@ -69,14 +82,8 @@ class Handlers:
             video, text, on_progress=lambda fraction, what: progress(fraction, desc=what)
         )
       download = _write_predictions(answer.records, self.session.cache_dir / "predictions")
-    except (LmrError, OSError) as e:
-      logger.info("request refused: %s", e)
-      return _empty_outputs(views.error_html(str(e)))
-    except Exception as e:  # a bug: the page gets one line, the log the traceback
-      logger.exception("request failed")
-      return _empty_outputs(
-          views.error_html(f"internal error ({type(e).__name__}); the server log has the details")
-      )
+    except Exception as e:  # noqa: BLE001 - every failure is one message in the page
+      return _empty_outputs(_failure_html(e))
     return (
         "",
         views.timeline_html(answer.records),
@@ -189,13 +196,8 @@ class SyntheticHandlers:
     try:
       answer = self.session.answer(vid, text)
       download = _write_predictions(answer.records, self.session.cache_dir / "predictions")
-    except (LmrError, OSError) as e:
-      logger.info("request refused: %s", e)
-      return (views.error_html(str(e)), gr.update()) + _empty_outputs("")[1:]
-    except Exception as e:  # a bug: the page gets one line, the log the traceback
-      logger.exception("request failed")
-      message = f"internal error ({type(e).__name__}); the server log has the details"
-      return (views.error_html(message), gr.update()) + _empty_outputs("")[1:]
+    except Exception as e:  # noqa: BLE001 - every failure is one message in the page
+      return (_failure_html(e), gr.update()) + _empty_outputs("")[1:]
     records = answer.records
     if answer.compare_records is not None:  # one curve per model and query
       records = [dict(r, query=f"{r['query']} [{self.names[0]}]") for r in answer.records] + [

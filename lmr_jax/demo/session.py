@@ -78,6 +78,11 @@ def read_captions(feat_root: str | os.PathLike, vid: str, duration: float) -> li
     instructions = record.get("instructions") or [""] * len(captions)
   except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
     raise DemoError(f"{path}: unreadable captions record ({type(e).__name__}: {e})") from None
+  return caption_rows(captions, instructions, clip_len=clip_len, duration=duration)
+
+
+def caption_rows(captions, instructions, *, clip_len: float, duration: float) -> list[dict]:
+  """One row per clip caption with its clip's times (the last clip ends with the video)."""
   return [
       {
           "start": i * clip_len,

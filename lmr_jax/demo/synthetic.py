@@ -22,7 +22,7 @@ import numpy as np
 
 from lmr_jax.data import queries as queries_lib
 from lmr_jax.data import synthetic as synthetic_data
-from lmr_jax.demo.session import Answer, DemoError, parse_queries
+from lmr_jax.demo.session import Answer, DemoError, caption_rows, parse_queries
 from lmr_jax.inference import predictor as predictor_lib
 
 SPLITS = ("val", "test_with_gt")  # the splits whose videos the page serves (labelled ones only)
@@ -273,15 +273,9 @@ class SyntheticDemoSession:
       compare_inputs = predictor_lib.load_video_inputs(self.compare.config, self.features, vid)
       compare_queries = [self.encode(q, self.compare.config) for q in queries]
       compare_records = self.compare.predict(compare_inputs, compare_queries, self.top_k)
-    rows = [
-        {
-            "start": i * clip_len,
-            "end": min((i + 1) * clip_len, inputs.duration),
-            "caption": c,
-            "instruction": instruction,
-        }
-        for i, (c, instruction) in enumerate(zip(captions[: inputs.num_clips], instructions))
-    ]
+    rows = caption_rows(
+        captions[: inputs.num_clips], instructions, clip_len=clip_len, duration=inputs.duration
+    )
     return SyntheticAnswer(
         records,
         rows,

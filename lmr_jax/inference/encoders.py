@@ -29,12 +29,12 @@ from preprocess.captioners import Captioner
 from preprocess.clip_features import ClipImageEncoder
 from preprocess.llama_embedding import EMBEDDING_KEY, LlamaEmbedder
 from preprocess.slowfast import FEATURE_DIM
+from preprocess import slowfast_features
 from preprocess.slowfast_features import SlowFastEncoder, frame_offsets
 from preprocess.text_features import ClipTextEncoder, write_caption_features
 from preprocess.video_io import ClipReader
 
 CLIP_BATCH_SIZE = 64  # clips per CLIP forward pass, preprocess.clip_features' default
-SLOWFAST_BATCH_SIZE = 8  # clips (of 32 frames) per SlowFast forward pass, as preprocess'
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -268,7 +268,7 @@ class Encoders:
     # SlowFast takes the release extractor's frames (preprocess.slowfast_features)
     slowfast_times = lambda rate: frame_offsets(rate, data.clip_len)  # noqa: E731
     plans = {
-        "slowfast_features": ("slowfast features", 1, slowfast_times, SLOWFAST_BATCH_SIZE),
+        "slowfast_features": ("slowfast features", 1, slowfast_times, slowfast_features.BATCH_SIZE),
         "clip_features": ("clip features", self.clip_frames_per_clip, None, CLIP_BATCH_SIZE),
     }
     streams = [(stream, *plans[stream]) for stream in data.visual_streams]
@@ -288,7 +288,7 @@ class Encoders:
               report(stage, sum(map(len, features)), clips.num_clips)
             features = np.concatenate(features)
             if stream == "slowfast_features":
-              features = features.astype(np.float16)  # as the release and the extractor write it
+              features = features.astype(slowfast_features.FEATURE_DTYPE)
             io_utils.save_npz(path, features=features)
       except (av.FFmpegError, ValueError) as e:
         reason = (str(e).splitlines() or [""])[0][:300]
