@@ -28,11 +28,16 @@ import tempfile
 
 from lmr_jax import cli
 
+if __name__ == "__main__":
+  cli.exec_with_tcmalloc()  # first: the allocator is chosen when the process starts
+
 cli.quiet_native_logs()  # before TensorFlow and JAX are imported
 
 from absl import flags, logging  # noqa: E402
 
 from lmr_jax import fileio  # noqa: E402
+from lmr_jax.demo import access  # noqa: E402
+from lmr_jax.demo import session as session_limits  # noqa: E402
 from lmr_jax.inference import encoder_flags  # noqa: E402
 from lmr_jax.inference import predictor as predictor_lib  # noqa: E402
 from lmr_jax.training import checkpoint  # noqa: E402
@@ -58,6 +63,20 @@ _CACHE_DIR = flags.DEFINE_string(
     None,
     "Where uploads' features and the predictions go (default: a temporary folder).",
 )
+_MAX_UPLOAD_MB = flags.DEFINE_float(
+    "max_upload_mb", session_limits.MAX_UPLOAD_MB, "Largest upload accepted, in MB."
+)
+_MAX_VIDEO_MINUTES = flags.DEFINE_float(
+    "max_video_minutes", session_limits.MAX_VIDEO_MINUTES, "Longest uploaded video accepted."
+)
+_MAX_QUEUE = flags.DEFINE_integer(
+    "max_queue", access.MAX_QUEUE, "Requests that may wait for the model; more are told it is busy."
+)
+_AUTH_FILE = flags.DEFINE_string(
+    "auth_file",
+    None,
+    "A file of user:password lines: the page asks for a login (for --host beyond this machine).",
+)
 _ENCODERS = encoder_flags.define()
 flags.mark_flags_as_required(["workdir"])
 
@@ -74,6 +93,16 @@ def _check_flags() -> None:
     raise predictor_lib.PredictError(f"--port must be in [1, 65535], got {_PORT.value}")
   if _CACHE_DIR.value:  # made by the first write into it, so a refused start leaves nothing behind
     fileio.check_writable_folder(_CACHE_DIR.value, "--cache_dir")
+  for flag, value in (
+      ("--max_upload_mb", _MAX_UPLOAD_MB),
+      ("--max_video_minutes", _MAX_VIDEO_MINUTES),
+  ):
+    if not value.value > 0:
+      raise predictor_lib.PredictError(f"{flag} must be positive, got {value.value}")
+  if _MAX_QUEUE.value < 1:
+    raise predictor_lib.PredictError(f"--max_queue must be at least 1, got {_MAX_QUEUE.value}")
+  if _AUTH_FILE.value:
+    access.read_auth_file(_AUTH_FILE.value)
 
 
 def _synthetic_session(config):
@@ -127,7 +156,14 @@ def load_session():
   predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value, config)
   cache_dir = _CACHE_DIR.value or tempfile.mkdtemp(prefix="lmr_demo_")
   return session_lib.DemoSession(
-      predictor, encoders, cache_dir, _FEATURES.value, videos=_VIDEOS.value, top_k=_TOP_K.value
+      predictor,
+      encoders,
+      cache_dir,
+      _FEATURES.value,
+      videos=_VIDEOS.value,
+      top_k=_TOP_K.value,
+      max_upload_mb=_MAX_UPLOAD_MB.value,
+      max_video_minutes=_MAX_VIDEO_MINUTES.value,
   )
 
 
@@ -135,6 +171,8 @@ def main():
   checkpoint.quiet_orbax_logs()
   os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
   session = load_session()
+  # Uploads land in the session's cache, not in a shared /tmp/gradio (Gradio reads this on import).
+  os.environ.setdefault("GRADIO_TEMP_DIR", str(session.cache_dir / "uploads"))
   from lmr_jax.demo import page as page_lib  # Gradio, imported once the models are in
   from lmr_jax.demo import synthetic as synthetic_lib
 
@@ -142,12 +180,21 @@ def main():
     page = page_lib.build_synthetic(session, _WORKDIR.value, _COMPARE_WORKDIR.value)
   else:
     page = page_lib.build(session, _WORKDIR.value)
+  auth = access.read_auth_file(_AUTH_FILE.value) if _AUTH_FILE.value else None
+  if not access.is_loopback(_HOST.value):
+    logging.warning(
+        "serving on %s: other machines can reach the page%s",
+        _HOST.value,
+        " (login from --auth_file)" if auth else "; anyone who can is served: add --auth_file",
+    )
   logging.info("serving %s on http://%s:%d", _WORKDIR.value, _HOST.value, _PORT.value)
-  page.queue(default_concurrency_limit=1).launch(
+  page.queue(default_concurrency_limit=1, max_size=_MAX_QUEUE.value).launch(
       server_name=_HOST.value,
       server_port=_PORT.value,
       ssr_mode=False,
       show_error=False,
+      auth=auth,
+      max_file_size=int(_MAX_UPLOAD_MB.value * 2**20),
       **page_lib.launch_options(session),
   )
 

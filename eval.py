@@ -16,6 +16,9 @@ stderr (exit status 1; usage errors 2); --verbose adds the traceback.
 
 from lmr_jax import cli
 
+if __name__ == "__main__":
+  cli.exec_with_tcmalloc()  # first: the allocator is chosen when the process starts
+
 cli.quiet_native_logs()  # before TensorFlow and JAX are imported
 
 from absl import flags  # noqa: E402

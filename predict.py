@@ -24,6 +24,9 @@ import tempfile
 
 from lmr_jax import cli
 
+if __name__ == "__main__":
+  cli.exec_with_tcmalloc()  # first: the allocator is chosen when the process starts
+
 cli.quiet_native_logs()  # before TensorFlow and JAX are imported
 
 from absl import flags, logging  # noqa: E402

@@ -8,11 +8,11 @@ r"""LMR on the synthetic context benchmark (the embedded default; CPU, minutes).
 
 The data (lmr_jax/data/synthetic.py) is written to data/synthetic on first use (data/synthetic_scene{x}
 for the other data variants). Only the captions tell a query's target from its look-alikes.
-Numbers (docs/synthetic_benchmark.md, 2-core CPU, 15 epochs, about 17 minutes of training, val R1@0.5):
+Numbers (docs/synthetic_benchmark.md, 2-core CPU, 15 epochs, about 14 minutes of training, val R1@0.5):
 on the default data, where the visual features carry no scene, the paper's model stays at look-alike
-chance (35.65; 40.67 in a rerun, and still chance after 60 epochs), as does the model without captions
-(39.55); the `:sum` extension reaches 93.31 (test 92.29). With the scene in the visual features at 0.3,
-the paper's model reaches 96.94 and the model without captions 96.66.
+chance (40.67; still chance after 60 epochs), as does the model without captions (39.83); the `:sum`
+extension reaches 98.89 (test 98.86). With the scene in the visual features at 0.3, the paper's model
+reaches 96.66 and the model without captions 96.66.
 
 The variant after the colon is a comma-separated list (``:sum,scene=0.3``):
   model: "no_captions" -- w/o caption context (the paper's w/o VCE);

@@ -45,6 +45,35 @@ def quiet_native_logs() -> None:
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+ALLOCATOR_ENV = "LMR_ALLOCATOR"  # "tcmalloc" (the default) or "system"
+TCMALLOC = "tcmalloc_minimal"  # Debian/Ubuntu: libtcmalloc-minimal4; conda-forge: gperftools
+
+
+def exec_with_tcmalloc() -> None:
+  """Restarts this command (same interpreter, arguments, pid and environment) with tcmalloc
+  preloaded, where the system has it and it is not loaded yet; returns where it does nothing.
+
+  XLA's runtime allocates and frees its buffers on the host for every step; with glibc's malloc that
+  cost 16-18 % of a CPU train step (docs/benchmark.md, "Host allocator"). The allocator is fixed when
+  a process starts, hence the restart (as TensorFlow's and PyTorch's CPU launchers do). Only the
+  entry points call it, first thing when run as scripts; ``LMR_ALLOCATOR=system`` keeps glibc's.
+  """
+  import ctypes.util  # noqa: PLC0415 - only the entry points' start needs it
+
+  if sys.platform != "linux" or os.environ.get(ALLOCATOR_ENV, "tcmalloc") != "tcmalloc":
+    return
+  preload = os.environ.get("LD_PRELOAD", "")
+  if "tcmalloc" in preload:
+    return
+  library = ctypes.util.find_library(TCMALLOC)
+  if library is None:
+    return
+  env = dict(os.environ, LD_PRELOAD=":".join(filter(None, (library, preload))))
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def debugging(argv: Sequence[str] = ()) -> bool:
   """True with ``--verbose`` on the command line or ``LMR_DEBUG`` set to anything but ''/0."""
   return "--verbose" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -131,7 +160,10 @@ def _unknown_override(argv: Sequence[str]) -> str | None:
     node = config
     for part in key.split("."):
       if not hasattr(node, "keys") or part not in node.keys():
-        return f"--config.{key}: the config has no key '{part}' (see {config_arg[9:]})"
+        shown = lambda text: text if text.isprintable() else repr(text)[1:-1]  # noqa: E731 - one line
+        return (
+            f"--config.{shown(key)}: the config has no key '{shown(part)}' (see {config_arg[9:]})"
+        )
       node = node[part]
   return None
 

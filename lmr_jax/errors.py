@@ -9,3 +9,9 @@ class LmrError(ValueError):
 
 class ConfigError(LmrError):
   """A config value that cannot run (names the ``config.`` key)."""
+
+
+class WriteError(LmrError):
+  """A file or checkpoint the disk refused (full, over quota, I/O error, read-only): the message
+  names the path and the cause. What was written before stays whole, and the same command resumes
+  once the disk is fixed (``fileio.disk_fault`` tells such errors apart)."""

@@ -8,6 +8,7 @@ half of either. ``.gz`` paths are read and written gzip-compressed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import importlib.util
 import json
@@ -16,12 +17,18 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 
-from lmr_jax.errors import ConfigError, LmrError
+from lmr_jax.errors import ConfigError, LmrError, WriteError
 
 
 def is_number(x) -> bool:
-  """A finite int or float (not a bool): what JSON numbers in our files must be."""
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+  """A finite int or float (not a bool) within float range: what JSON numbers in our files must be
+  (JSON integers have no size limit; one past ~1.8e308 cannot become a float)."""
+  if not isinstance(x, (int, float)) or isinstance(x, bool):
+    return False
+  try:
+    return math.isfinite(x)
+  except OverflowError:
+    return False
 
 
 def open_text(path: str, mode: str = "r"):
@@ -74,14 +81,48 @@ def _umask() -> int:
   return 0o022
 
 
+# What the disk, not the user's input, refused: a full disk, a quota, an I/O error, a read-only mount,
+# a file over the filesystem's size limit.
+DISK_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+_DISK_FAULT_TEXTS = tuple(os.strerror(code) for code in sorted(DISK_FAULTS))
+
+
+def disk_fault(error: BaseException) -> str | None:
+  """The disk fault behind ``error`` (``"No space left on device (ENOSPC)"``), looking through what it
+  was raised from, and through the text of libraries that report one in a message of their own
+  (tensorstore under orbax, TensorFlow's file writers); None for any other error."""
+  seen = []
+  while error is not None and error not in seen and len(seen) < 8:
+    seen.append(error)
+    if isinstance(error, OSError) and error.errno in DISK_FAULTS:
+      return f"{os.strerror(error.errno)} ({errno.errorcode[error.errno]})"
+    text = str(error)
+    for code, message in zip(sorted(DISK_FAULTS), _DISK_FAULT_TEXTS):
+      if message in text:
+        return f"{message} ({errno.errorcode[code]})"
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def write_error(path: str | os.PathLike, fault: str, what: str = "") -> WriteError:
+  """The one-line error for a write the disk refused."""
+  what = f" ({what})" if what else ""
+  return WriteError(
+      f"{os.fspath(path)}: not written{what}: {fault}; what was written before is intact: fix the "
+      "disk (free space, quota) and run the same command again"
+  )
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator:
-  """A binary file object whose content replaces ``path`` only when the block finishes."""
+  """A binary file object whose content replaces ``path`` only when the block finishes; a disk fault
+  on the way is a WriteError naming ``path``, with ``path`` as it was and no temporary file left."""
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+  tmp = None
   try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
     with os.fdopen(fd, "wb") as f:
       yield f
       f.flush()
@@ -90,8 +131,13 @@ def atomic_file(path: str | os.PathLike) -> Iterator:
       )  # mkstemp makes 0600; a plain open() respects the umask
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
+  except BaseException as e:
+    if tmp is not None:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fault = disk_fault(e) if isinstance(e, OSError) else None
+    if fault:
+      raise write_error(path, fault) from None
     raise
 
 
@@ -110,9 +156,24 @@ def write_jsonl(path: str | os.PathLike, records: Sequence[dict]) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-  """One line added to a log; a line is written whole with one write call."""
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(record) + "\n")
+  """One line added to a log; a line is written whole with one write call, and where the disk
+  refuses it (a WriteError) the log is cut back to its earlier lines."""
+  line = (json.dumps(record) + "\n").encode("utf-8")
+  try:
+    size = os.path.getsize(path)
+  except FileNotFoundError:
+    size = 0
+  try:
+    with open(path, "ab") as f:
+      f.write(line)
+      f.flush()
+  except OSError as e:
+    fault = disk_fault(e)
+    if not fault:
+      raise
+    with contextlib.suppress(OSError):
+      os.truncate(path, size)
+    raise write_error(path, fault, "a log line") from None
 
 
 def load_config(spec: str):

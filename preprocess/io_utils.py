@@ -153,7 +153,8 @@ def run_keys(
   `load` (the models) is called once, and only if some key is left, so a finished shard loads nothing; it
   runs outside the per-key error handling, so a model that cannot load stops the run instead of failing
   every key. An exception from one key is logged as a single line and recorded; the run goes on with the
-  next key. KeyboardInterrupt and other BaseExceptions propagate: finished outputs are already on disk.
+  next key. A disk fault (full, over quota, I/O error) stops the run with a WriteError naming the
+  output; KeyboardInterrupt and other BaseExceptions propagate: finished outputs are already on disk.
   """
   pending = [key for key in keys if not output_path(key).exists()]
   report = RunReport(name, skipped=len(keys) - len(pending))
@@ -164,7 +165,10 @@ def run_keys(
     for key in tqdm(pending, desc=name, unit="item", dynamic_ncols=True):
       try:
         work(key, loaded)
-      except Exception as exc:  # noqa: BLE001 - any per-item failure must not stop the run
+      except Exception as exc:  # noqa: BLE001 - any per-item failure must not stop the run...
+        fault = fileio.disk_fault(exc)
+        if fault:  # ...but the disk's: every later item would fail the same way
+          raise fileio.write_error(output_path(key), fault) from None
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         logger.error("%s %s failed: %s", name, key, reason)
         logger.debug("traceback for %s", key, exc_info=True)

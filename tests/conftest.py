@@ -27,7 +27,10 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -269,6 +272,36 @@ def train_command(config, workdir: str, keys=()) -> list[str]:
       "--config=configs/tiny.py",
       f"--workdir={workdir}",
   ] + overrides
+
+
+def forge_lock(workdir, pid: int, *, host: str = "", command: str = "training", age_s: float = 0):
+  """Writes the lock a holder with ``pid`` on ``host`` (default: this one) would have written,
+  last refreshed ``age_s`` ago."""
+  from lmr_jax.training import run_lock  # noqa: PLC0415 - after the JAX settings above
+
+  path = os.path.join(workdir, run_lock.LOCK_FILE)
+  record = {
+      "command": command,
+      "host": host or socket.gethostname(),
+      "pid": pid,
+      "boot": run_lock._boot_id(),
+      "started": "2026-12-06T00:00:00+00:00",
+      "token": "forged",
+  }
+  with open(path, "w") as f:
+    json.dump(record, f)
+  stamp = time.time() - age_s
+  os.utime(path, (stamp, stamp))
+  return path
+
+
+@pytest.fixture
+def live_pid():
+  """The pid of a live process (a ``sleep``) for the length of a test: a lock holder that runs."""
+  child = subprocess.Popen(["sleep", "600"])
+  yield child.pid
+  child.kill()
+  child.wait()
 
 
 def child_environment(num_cpu_devices: int = 4, **variables) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TINY_SYNTHETIC, tiny_config
 from lmr_jax.data import annotations as annotations_lib
-from lmr_jax.data import checks, dataset, synthetic
+from lmr_jax.data import checks, dataset, features, synthetic
 from lmr_jax.data.annotations import DataError
 from lmr_jax.errors import ConfigError, LmrError
 
@@ -206,9 +206,20 @@ def _cut(rows):
 
 
 def _nan(path):
-  features = np.load(path)["features"].astype(np.float32)
-  features[3, 1] = np.nan
-  _npz(features=features)(path)
+  array = np.load(path)["features"].astype(np.float32)
+  array[3, 1] = np.nan
+  _npz(features=array)(path)
+
+
+def _zero_rows(key, rows):
+  def zero(path):
+    with np.load(path) as npz:
+      arrays = dict(npz)
+    arrays[key] = arrays[key].astype(np.float32)
+    arrays[key][rows] = 0
+    _npz(**arrays)(path)
+
+  return zero
 
 
 VIDEO = "syn_val_00000.npz"  # 22 clips of 2 s, the video of the val split's first two queries
@@ -264,6 +275,27 @@ FEATURE_CASES = {
     "captions_short": ("caption_features", VIDEO, _cut(10), "10 captions of 2 s cover 20 s", True),
     "video_vs_duration": ("", "", None, "duration 44 s is 22 clips of 2 s, but", True),
     "nan": ("clip_features", VIDEO, _nan, "NaN/inf values (first in row 3)", False),
+    "zero_clip_row": (
+        "slowfast_features",
+        VIDEO,
+        _zero_rows("features", [5, 9]),
+        "key 'features' row 5 is all zeros (a failed extraction or an empty caption; 2 such rows)",
+        False,
+    ),
+    "empty_caption_row": (
+        "caption_features",
+        VIDEO,
+        _zero_rows("features", [0]),
+        "row 0 is all zeros",
+        False,
+    ),
+    "padding_only_query": (
+        "clip_text_features",
+        "qid31.npz",
+        _zero_rows("last_hidden_state", slice(None)),
+        "is all zeros (a query of only padding)",
+        False,
+    ),
 }
 
 
@@ -287,8 +319,10 @@ def test_bad_feature_files_fail_the_split_in_one_line(data_root, case, preload):
   config = tiny_config(data_root)
   if not preload and not from_headers:  # values are checked when an example first reads them
     source = _val_source(config, preload=False)()
-    with pytest.raises(DataError, match="NaN/inf"):
-      source.example(0)
+    with pytest.raises(DataError) as error:
+      for index in range(len(source)):
+        source.example(index)
+    assert message in str(error.value) and path in str(error.value)
     return
   text = _raises_one_line(DataError, _val_source(config, preload), data_root)
   assert message in text and os.path.join(data_root, "features") in text
@@ -473,3 +507,16 @@ def test_annotation_checker_command(data_root, tmp_path, capsys, case):
     errors = captured.err.strip().splitlines()
     assert errors and all(line.startswith("error: ") for line in errors)
     assert len(errors) == 1  # one bad split or file, one line
+
+
+def test_zero_rows_are_padding_in_query_tokens_only(tmp_path):
+  """A query's zero rows may be padding (some exporters pad to a fixed length); a clip's or caption's
+  may not: they are a failed extraction or an empty caption, read as a real clip."""
+  path = str(tmp_path / "qid1.npz")
+  tokens = np.ones((6, 4), np.float32)
+  tokens[4:] = 0
+  np.savez(path, last_hidden_state=tokens)
+  loaded = features.read_npz_array(path, "last_hidden_state", 4, "qid 1", zero_rows="some")
+  np.testing.assert_array_equal(loaded, tokens)
+  with pytest.raises(DataError, match="row 4 is all zeros"):
+    features.read_npz_array(path, "last_hidden_state", 4, "qid 1")

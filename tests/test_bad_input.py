@@ -7,10 +7,12 @@ terminal really shows: one line, no start-up banners. Data files and the synthet
 tests/test_bad_data.py's.
 """
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -18,7 +20,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, child_environment, entry_point, tiny_config, train_on_one_batch
+from conftest import (
+    REPO,
+    child_environment,
+    entry_point,
+    forge_lock,
+    tiny_config,
+    train_on_one_batch,
+)
 from lmr_jax import cli
 from lmr_jax.commands import score as score_cli
 from lmr_jax.evaluation import cqval as cqval_cli
@@ -217,6 +226,61 @@ def test_workdir_that_cannot_be_written(tiny_args, capsys):
   status, _, err = run_entry("train.py", [*tiny_args, "--workdir=/proc/lmr_run"], capsys)
   assert status == cli.EXIT_ERROR
   assert_one_line(err, "/proc/lmr_run", "cannot write")
+
+
+def test_a_held_workdir_stops_training_and_evaluation_into_it(
+    trained_copy, live_pid, tmp_path, capsys
+):
+  """Another live process holds the workdir (a second train.py, an eval.py writing there): train.py
+  and an eval.py writing into the workdir stop with one line naming it and change nothing; an
+  eval.py writing elsewhere reads the workdir without the lock and runs."""
+  _, workdir, tiny_args = trained_copy
+  lock = forge_lock(workdir, live_pid)
+  before = snapshot(workdir)
+  holder = f"in use by training (pid {live_pid} on {socket.gethostname()}"
+  status, _, err = run_entry("train.py", [*tiny_args, f"--workdir={workdir}"], capsys)
+  assert status == cli.EXIT_ERROR
+  assert_one_line(err, lock, holder)
+  status, _, err = run_entry("eval.py", [f"--workdir={workdir}", "--split=val"], capsys)
+  assert status == cli.EXIT_ERROR
+  assert_one_line(err, lock, holder)
+  assert snapshot(workdir) == before
+  elsewhere = tmp_path / "eval_elsewhere"
+  argv = [f"--workdir={workdir}", "--split=val", f"--output_dir={elsewhere}"]
+  status, _, err = run_entry("eval.py", argv, capsys)
+  assert status == 0, err
+  assert (elsewhere / "metrics.json").exists() and snapshot(workdir) == before
+
+
+def test_a_full_disk_in_training_is_one_line_and_the_same_command_resumes(
+    trained_copy, monkeypatch, capsys
+):
+  """The disk refuses a checkpoint (orbax's save raises ENOSPC) in a resumed run: one line naming the
+  step's folder, the cause and the last complete step, which stays whole; with space back, the same
+  command resumes from it and finishes."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+
+  config, workdir, tiny_args = trained_copy
+  checkpoints = os.path.join(workdir, "checkpoints")
+  latest = max(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+  kept = snapshot(os.path.join(checkpoints, str(latest)), os.path.join(workdir, "best"))
+  argv = [*tiny_args, f"--workdir={workdir}", f"--config.num_epochs={config.num_epochs + 1}"]
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), checkpoints)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  status, _, err = run_entry("train.py", argv, capsys)
+  assert status == cli.EXIT_ERROR
+  assert_one_line(
+      err, f"{checkpoints}/", "No space left on device (ENOSPC)", f"complete one is step {latest})"
+  )
+  assert snapshot(os.path.join(checkpoints, str(latest)), os.path.join(workdir, "best")) == kept
+  assert not os.path.exists(os.path.join(workdir, "lock.json"))
+  monkeypatch.undo()
+  status, _, err = run_entry("train.py", argv, capsys)
+  assert status == 0, err
+  assert max(int(n) for n in os.listdir(checkpoints) if n.isdigit()) > latest
 
 
 RESUME_CASES = {
@@ -553,3 +617,35 @@ def test_a_terminal_sees_one_line_and_no_banners(tiny_data_root, tmp_path):
   assert result.returncode == 1, result.stderr
   assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {missing}")
   assert result.stdout == "" and not (tmp_path / "w").exists()
+
+
+# --- the host allocator the entry points restart with ---------------------------------------------
+
+ALLOCATOR_PROBE = """
+import json, os
+from lmr_jax import cli
+cli.exec_with_tcmalloc()
+maps = open("/proc/self/maps").read()
+print(json.dumps({"loaded": "tcmalloc" in maps, "preload": os.environ.get("LD_PRELOAD", "")}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and /proc are Linux's")
+@pytest.mark.parametrize("allocator", ["tcmalloc", "system"])
+def test_entry_points_restart_with_tcmalloc_where_installed(allocator):
+  """``cli.exec_with_tcmalloc``: the process restarted with tcmalloc loaded and a preload it had
+  kept after it; nothing where the library is not installed or with ``LMR_ALLOCATOR=system``."""
+  import ctypes.util  # noqa: PLC0415
+
+  earlier = ctypes.util.find_library("m")  # a harmless preload the user had set
+  env = dict(os.environ, LMR_ALLOCATOR=allocator, LD_PRELOAD=earlier)
+  result = subprocess.run(
+      [sys.executable, "-c", ALLOCATOR_PROBE], cwd=REPO, env=env, capture_output=True, text=True
+  )
+  assert result.returncode == 0, result.stderr
+  probe = json.loads(result.stdout)
+  library = ctypes.util.find_library(cli.TCMALLOC)
+  if library is None or allocator == "system":
+    assert probe == {"loaded": False, "preload": earlier}
+  else:
+    assert probe == {"loaded": True, "preload": f"{library}:{earlier}"}

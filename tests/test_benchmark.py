@@ -9,17 +9,52 @@ import jax
 import pytest
 
 from lmr_jax.benchmark import __main__ as benchmark_cli
-from lmr_jax.benchmark import devices, report, roofline
-from lmr_jax.benchmark.profile import format_profile
+from lmr_jax.benchmark import devices, qd_detr_pytorch, report, roofline
+from lmr_jax.benchmark.profile import format_module_times, format_profile, module_times
 from lmr_jax.fileio import load_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+# A stand-in for a public QD-DETR checkout: its ``qd_detr.model.build_model(args)`` interface, a tiny
+# torch model and criterion (the real one is measured in docs/benchmark.md; tests never read ../shared).
+FAKE_QD_DETR_MODEL = """
+import torch
+
+class Model(torch.nn.Module):
+  def __init__(self, args):
+    super().__init__()
+    self.vid = torch.nn.Linear(args.v_feat_dim, args.hidden_dim)
+    self.txt = torch.nn.Linear(args.t_feat_dim, args.hidden_dim)
+    self.span = torch.nn.Linear(args.hidden_dim, 2)
+
+  def forward(self, src_txt, src_txt_mask, src_vid, src_vid_mask):
+    vid = (self.vid(src_vid) * src_vid_mask[..., None]).sum(1)
+    txt = (self.txt(src_txt) * src_txt_mask[..., None]).sum(1)
+    return {"pred_spans": self.span(vid + txt).sigmoid()}
+
+class Criterion(torch.nn.Module):
+  weight_dict = {"loss_span": 10.0}
+
+  def forward(self, outputs, targets):
+    spans = torch.stack([t["spans"][0] for t in targets["span_labels"]])
+    assert targets["saliency_pos_labels"].dtype == torch.long
+    return {"loss_span": (outputs["pred_spans"] - spans).abs().mean(), "class_error": 0.0}
+
+def build_model(args):
+  assert (args.v_feat_dim, args.t_feat_dim, args.max_v_l) == (24 + 16 + 2, 16, 24), args
+  return Model(args), Criterion()
+"""
 
 
 @pytest.mark.slow
 def test_benchmark_reports_every_figure(tmp_path):
   config = load_config(os.path.join(CONFIGS, "tiny.py"))
   assert config.model.dtype == "float32"
+  checkout = tmp_path / "QD-DETR"
+  (checkout / "qd_detr").mkdir(parents=True)
+  (checkout / "qd_detr" / "__init__.py").write_text("")
+  (checkout / "qd_detr" / "model.py").write_text(FAKE_QD_DETR_MODEL)
   results, profile = report.run_benchmark(
       config,
       steps=2,
@@ -29,8 +64,10 @@ def test_benchmark_reports_every_figure(tmp_path):
       matmul_size=128,
       profile_dir=str(tmp_path / "trace"),
       dtypes=("float32", "bfloat16"),
+      compare_config=os.path.join(CONFIGS, "tiny.py:use_caption_context,language_queries"),
+      qd_detr_root=str(checkout),
   )
-  keys = [row[0] for row in report.ROWS]
+  keys = report.FIGURE_KEYS
   assert sorted(results) == sorted(keys)
   # The CPU has no datasheet entry (no bandwidth) and reports no device memory statistics.
   assert jax.devices()[0].platform == "cpu"
@@ -39,7 +76,7 @@ def test_benchmark_reports_every_figure(tmp_path):
   for key in set(keys) - not_applicable:
     assert math.isfinite(results[key]) and results[key] > 0, (key, results[key])
   table = report.format_table(results).splitlines()
-  assert len(table) == 2 + len(keys)
+  assert len(table) == 2 + len(report.ROWS)
   assert all(row[1] in line for row, line in zip(report.ROWS, table[2:]))
   assert "| device memory bandwidth (datasheet) | n/a |" in "\n".join(table)
 
@@ -64,13 +101,33 @@ def test_benchmark_reports_every_figure(tmp_path):
     assert results[f"{key}_h"] == approx(steps * results["step_s"] / 3600)
     assert results[f"{key}_roofline_h"] == approx(steps * results["roofline_s"] / 3600)
   assert results["schedule_h"] == approx(2 * (7218 // 4) * results["step_s"] / 3600)
+  # The compare config (no captions: fewer FLOPs) and the PyTorch stand-in, against it.
+  assert results["flop_ratio"] == approx(results["step_gflop"] / results["compare_step_gflop"])
+  assert results["flop_ratio"] > 1
+  assert results["ratio_per_flop"] == approx(results["step_ratio"] / results["flop_ratio"])
+  assert results["torch_speedup"] == approx(results["torch_step_s"] / results["compare_step_s"])
+  assert results["torch_qvh_h"] == approx(
+      roofline.SCHEDULES["qvh"].steps * results["torch_step_s"] / 3600
+  )
+  assert results["peak_rss_infer_gb"] >= results["peak_rss_gb"]  # read later, the same process
+  assert 0 < results["rss_start_gb"] < results["peak_rss_gb"]  # read first, before the model
+  assert 0 < results["step_temp_gb"] < results["peak_rss_gb"]
+  step_row = next(line for line in table if line.startswith("| train step time (median"))
+  assert step_row.count(" s |") == 4  # measured, target, compare config, PyTorch
 
   # The profile ranks the step's ops, slowest first, and names the model code each computes.
-  assert 0 < len(profile) <= 25
   times = [ms for ms, _, _, _ in profile]
-  assert times == sorted(times, reverse=True) and times[-1] > 0
+  assert len(profile) > 25 and times == sorted(times, reverse=True) and times[-1] >= 0
   assert any("LMR" in scope and "transpose" in scope for _, _, _, scope in profile)  # backward ops
-  assert len(format_profile(profile).splitlines()) == 2 + len(profile)
+  assert len(format_profile(profile).splitlines()) == 2 + 25
+  # ... and sums them by model part and pass: every op counted once, the caption stream's input
+  # projection in both passes, the attention's core apart from its projections.
+  parts = {(part, direction): ms for part, direction, ms in module_times(profile)}
+  assert sum(parts.values()) == approx(sum(times))
+  assert parts[("caption_proj", "forward")] > 0 and parts[("caption_proj", "backward")] > 0
+  assert ("LMR.encode/encoder_0/attend", "backward") in parts
+  assert ("LMR.encode/encoder_0", "forward") in parts
+  assert format_module_times(profile).splitlines()[-1].startswith(f"| {sum(times):.1f} | all ops")
 
 
 @pytest.mark.parametrize(
@@ -121,7 +178,7 @@ def test_main_prints_the_device_and_writes_json(tmp_path, monkeypatch, capsys):
 
   def fake_run_benchmark(config, **kwargs):
     calls.append(kwargs)
-    figures = {row[0]: 0.25 for row in report.ROWS}
+    figures = dict.fromkeys(report.FIGURE_KEYS, 0.25)
     return dict(figures, bandwidth_tbps=None, mfu_bfloat16=None), []
 
   monkeypatch.setattr(report, "run_benchmark", fake_run_benchmark)
@@ -129,13 +186,16 @@ def test_main_prints_the_device_and_writes_json(tmp_path, monkeypatch, capsys):
   tiny = os.path.join(CONFIGS, "tiny.py")
   benchmark_cli.main([f"--config={tiny}", f"--json={out}"])
   assert calls[-1]["dtypes"] == ("float32", "bfloat16")  # the default: both
+  assert calls[-1]["compare_config"] == "configs/qvh.py:qd_detr"  # the default
+  assert calls[-1]["qd_detr_root"] == ""
   header = capsys.readouterr().out.splitlines()[0]
   device = jax.devices()[0]
   for part in (device.device_kind, device.platform, f"{jax.device_count()} devices"):
     assert part in header
   assert f"{tiny}, batch 4, dtype float32" in header
   record = json.loads(out.read_text())
-  assert set(record["figures"]) == {row[0] for row in report.ROWS}
+  assert set(record["figures"]) == set(report.FIGURE_KEYS)
+  assert record["compare_config"] == "configs/qvh.py:qd_detr"
   assert record["figures"]["bandwidth_tbps"] is None
   assert (record["device"], record["platform"]) == (device.device_kind, device.platform)
   assert (record["device_count"], record["dtype"]) == (jax.device_count(), "float32")
@@ -146,4 +206,15 @@ def test_main_prints_the_device_and_writes_json(tmp_path, monkeypatch, capsys):
 
   benchmark_cli.main([f"--config={tiny}", "--dtypes=bfloat16", "--batch_size=2"])
   assert calls[-1]["dtypes"] == ("bfloat16",) and calls[-1]["batch_size"] == 2
+  benchmark_cli.main([f"--config={tiny}", f"--compare_config={tiny}", "--qd_detr_root=/q"])
+  assert calls[-1]["compare_config"] == "" and calls[-1]["qd_detr_root"] == "/q"  # itself: none
   assert benchmark_cli.main([f"--config={tiny}", "--dtypes=float16"]) == 2
+
+
+def test_qd_detr_pytorch_needs_a_checkout(tmp_path, capsys):
+  """Without qd_detr/model.py under --qd_detr_root: one line, before torch is imported."""
+  assert qd_detr_pytorch.main([f"--qd_detr_root={tmp_path}"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert (
+      err == f"error: {tmp_path}: no qd_detr/model.py here; --qd_detr_root takes a QD-DETR checkout"
+  )

@@ -2,10 +2,12 @@
 read (I/O, permissions, an API change) is an error naming the step and the cause, and nothing moves.
 """
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import subprocess
 
 import flax.struct
 import jax
@@ -16,6 +18,7 @@ import pytest
 from configs import synthetic as synthetic_config
 from lmr_jax.data.position import DataPosition
 from lmr_jax.data.pipeline import DataPosition
+from lmr_jax.errors import WriteError
 from lmr_jax.training import checkpoint as checkpoint_lib
 
 
@@ -157,3 +160,67 @@ def test_config_of_a_run_saved_before_a_key_existed_gets_the_value_it_trained_wi
   for unknown in ("hard", "eq5"):  # Eq. 5 is the default, not a variant
     with pytest.raises(ValueError, match=f"unknown synthetic variant '{unknown}'"):
       synthetic_config.get_config(unknown)
+
+
+# --- a disk that refuses a save -------------------------------------------------------------------
+
+
+def _assert_refused_save_keeps_step_2(workdir, error, code):
+  message = str(error)
+  assert "\n" not in message
+  assert message.startswith(f"{workdir}/checkpoints/3: not written (checkpoint; the last complete")
+  assert "the last complete one is step 2)" in message and f"({errno.errorcode[code]})" in message
+  state, position = _restore(workdir)
+  assert int(state.step) == 2 and float(state.params["w"][0, 0]) == 2.0 and position.step == 2
+
+
+def test_a_save_the_disk_refuses_is_one_line_and_keeps_the_last_step(workdir, monkeypatch):
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=3, best_metric="m")
+  # tensorstore's error as orbax raises it, with the OS's reason in its text
+  refused = ValueError(
+      "OUT_OF_RANGE: Error writing local file: [OS error: No space left on device]"
+  )
+  monkeypatch.setattr(checkpointer.latest, "save", lambda *a, **k: (_ for _ in ()).throw(refused))
+  with pytest.raises(WriteError) as error:
+    checkpointer.save(_state(3), DataPosition(epoch=0, step=3))
+  checkpointer.close()
+  _assert_refused_save_keeps_step_2(workdir, error.value, errno.ENOSPC)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+  """A 4 MiB tmpfs (root and mount(8) needed; skipped elsewhere), unmounted after the test."""
+  mount_point = tmp_path / "small_fs"
+  mount_point.mkdir()
+  mounted = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True
+  )
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+  try:
+    yield mount_point
+  finally:
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_disk_that_really_fills_up_keeps_the_last_step_and_the_save_resumes(small_filesystem):
+  workdir = str(small_filesystem / "workdir")
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=3, best_metric="m")
+  for step in (1, 2):
+    checkpointer.save(_state(step), DataPosition(epoch=0, step=step))
+  ballast = small_filesystem / "ballast"
+  with open(ballast, "wb", buffering=0) as f:  # fill the disk to the last page
+    with contextlib.suppress(OSError):
+      while True:
+        f.write(b"\0" * 4096)
+  with pytest.raises(WriteError) as error:
+    checkpointer.save(_state(3), DataPosition(epoch=0, step=3))
+  checkpointer.close()
+  _assert_refused_save_keeps_step_2(workdir, error.value, errno.ENOSPC)
+
+  ballast.unlink()  # space is back: the same save goes through, and restores
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=3, best_metric="m")
+  checkpointer.save(_state(3), DataPosition(epoch=0, step=3))
+  checkpointer.close()
+  state, position = _restore(workdir)
+  assert int(state.step) == 3 and float(state.params["w"][0, 0]) == 3.0 and position.step == 3

@@ -173,7 +173,7 @@ def test_examples_map_two_second_captions_onto_half_second_clips(tmp_path):
   rng = np.random.default_rng(3)
   _write(root, "a", "v.npz", features=rng.normal(size=(14, 4)))
   _write(root, "b", "v.npz", features=rng.normal(size=(14, 3)))
-  captions = np.arange(3, dtype=np.float32)[:, None] + np.zeros((1, 6), np.float32)  # 3 x 2 s = 6 s
+  captions = np.arange(1, 4, dtype=np.float32)[:, None] + np.zeros((1, 6), np.float32)  # 3 x 2 s
   _write(root, "c", "v.npz", features=captions)
   _write(root, "q", "qid1.npz", last_hidden_state=np.ones((3, 5)))
   _write(root, "cq", "qid1.npz", last_hidden_state=np.ones((3, 6)))
@@ -183,7 +183,7 @@ def test_examples_map_two_second_captions_onto_half_second_clips(tmp_path):
   spec = _spec(root, clip_len=0.5, caption_clip_len=2.0, max_clips=16)
   ex = _source([ann], spec, with_captions=True, max_windows=2, training=True).example(0)
   assert ex["video_mask"].sum() == 12  # 14 visual clips, captions cover 12 of them
-  np.testing.assert_array_equal(ex["caption_feats"][:12, 0], np.repeat([0, 1, 2], 4))
+  np.testing.assert_array_equal(ex["caption_feats"][:12, 0], np.repeat([1, 2, 3], 4))
   assert not ex["caption_feats"][12:].any()
   assert ex["duration"] == 6.0
   np.testing.assert_array_equal(np.flatnonzero(ex["saliency"]), np.arange(2, 6))  # 1 s .. 3 s
@@ -553,7 +553,8 @@ def test_synthetic_target_and_distractor_look_alike_but_captions_differ(tiny_dat
 
 def _scene_probe_accuracy(root: str) -> float:
   """A least-squares linear probe of each event clip's scene from its visual features (both streams
-  L2-normalised per clip, as the loaders do): trained on the train split, scored on the val split."""
+  L2-normalised per clip, as the loaders do): trained on the train split, scored on the val split.
+  """
 
   def clips_and_scenes(split):
     xs, ys = [], []

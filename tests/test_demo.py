@@ -134,17 +134,38 @@ def test_a_feature_video_is_answered_from_its_files(session):
         ("broken video", "broken.mp4: unreadable video"),
         ("unknown feature video", "no video 'nope' with precomputed features under"),
         ("features of another model", "caption_features"),
+        (
+            "upload over the size limit",
+            "MB; this server takes uploads up to 0.001 MB",
+        ),
+        (
+            "video over the duration limit",
+            "walk.webm: 0.15 minutes long; this server takes videos up to 0.1 minutes",
+        ),
+        ("text under a video's name", "notes.mp4: unreadable video"),
     ],
 )
-def test_bad_requests_are_one_line_messages(session, tiny_data_root, tmp_path, case, message):
+def test_bad_requests_are_one_line_messages(
+    session, video, tiny_data_root, tmp_path, case, message
+):
   broken = tmp_path / "broken.mp4"
   broken.write_bytes(os.urandom(3000))
   # conftest's other tiny data: 20-wide caption vectors, where this model was trained on 16
   other = session_lib.DemoSession(
       session.predictor, session.encoders, tmp_path, os.path.join(tiny_data_root, "features")
   )
+  limited = dict(features=session.features, top_k=5, max_upload_mb=0.001, max_video_minutes=0.1)
+  small = session_lib.DemoSession(session.predictor, session.encoders, tmp_path, **limited)
+  short = session_lib.DemoSession(
+      session.predictor, session.encoders, tmp_path, **{**limited, "max_upload_mb": 100}
+  )
+  notes = tmp_path / "notes.mp4"  # a mislabelled upload: judged by its content
+  notes.write_text("meeting notes, not a video\n" * 50)
   request = {
       "features of another model": lambda: other.answer_features(other.feature_vids[0], "a man"),
+      "upload over the size limit": lambda: small.answer_upload(str(video), "a man"),
+      "video over the duration limit": lambda: short.answer_upload(str(video), "a man"),
+      "text under a video's name": lambda: session.answer_upload(str(notes), "a man"),
       "no query": lambda: session.answer_upload(str(broken), " \n "),
       "too many queries": lambda: session.answer_upload(str(broken), "q\n" * 21),
       "no video": lambda: session.answer_upload(None, "a man"),
@@ -155,6 +176,21 @@ def test_bad_requests_are_one_line_messages(session, tiny_data_root, tmp_path, c
     request()
   assert message in str(error.value) and "\n" not in str(error.value)
   assert str(tmp_path) not in str(error.value)  # the user's file name, not the server's path
+
+
+def test_a_request_names_only_videos_the_page_lists(session):
+  """The player's file is looked up for listed feature videos only: a made-up name, a pattern or a
+  path never reaches the filesystem."""
+  listed = session_lib.DemoSession(
+      session.predictor,
+      session.encoders,
+      session.cache_dir,
+      features=session.features,
+      videos=session.features,  # any folder: the names are what is checked
+      top_k=5,
+  )
+  for vid in ("../../etc/passwd", "*", "/etc/hostname", "nope"):
+    assert listed.video_file(vid) is None
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +205,9 @@ def demo_cli():
         (["--workdir={tmp}/nope"], "no such workdir"),
         (["--workdir={workdir}", "--videos={tmp}"], "--videos goes with --features"),
         (["--workdir={workdir}", "--port=0"], "--port must be in [1, 65535]"),
+        (["--workdir={workdir}", "--max_upload_mb=0"], "--max_upload_mb must be positive"),
+        (["--workdir={workdir}", "--max_queue=0"], "--max_queue must be at least 1"),
+        (["--workdir={workdir}", "--auth_file={tmp}/logins"], "{tmp}/logins: no such login file"),
         (["--workdir={workdir}", "--clip={clip}"], "needs --llama"),
         (
             ["--workdir={workdir}", "--clip={clip}", "--compare_workdir={workdir}"],

@@ -5,6 +5,8 @@ by demo.py with no downloaded model, driven in headless Chromium (as tests/test_
 
 import copy
 import json
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -260,3 +262,72 @@ def test_page_shows_a_picked_and_a_typed_query_with_true_moments(served, session
     assert [r["query"] for r in records] == texts
     driver.save_screenshot(str(tmp_path / "demo_synthetic.png"))
     assert (tmp_path / "demo_synthetic.png").stat().st_size > 10_000
+
+
+# --- the page facing a network: login, upload limits, over HTTP as a client sends them -----------
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
+  boundary = "lmrboundary7f3a"
+  body = (
+      (
+          f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+          "Content-Type: video/mp4\r\n\r\n"
+      ).encode()
+      + data
+      + f"\r\n--{boundary}--\r\n".encode()
+  )
+  return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _request(url: str, data=None, headers=None, cookie: str = "") -> tuple[int, bytes, object]:
+  request = urllib.request.Request(url, data=data, headers=dict(headers or {}))
+  if cookie:
+    request.add_header("Cookie", cookie)
+  try:
+    with urllib.request.urlopen(request, timeout=60) as response:
+      return response.status, response.read(), response.headers
+  except urllib.error.HTTPError as e:
+    return e.code, e.read(), e.headers
+
+
+@pytest.mark.slow
+def test_a_page_on_the_network_asks_for_a_login_and_refuses_oversized_uploads(
+    tiny_trained, tmp_path
+):
+  """demo.py on every interface with a login file and a 1 MB upload limit: it warns that the page is
+  reachable; without the login the API answers 401; after it, an upload over the limit is refused
+  with 413 before it lands, and one within it lands in the session's cache, nowhere else."""
+  _, workdir, _ = tiny_trained
+  logins = tmp_path / "logins"
+  logins.write_text("alice:correct horse\n")
+  cache = tmp_path / "cache"
+  flags = [
+      f"--workdir={workdir}",
+      f"--cache_dir={cache}",
+      f"--auth_file={logins}",
+      "--max_upload_mb=1",
+      "--host=0.0.0.0",
+  ]
+  log = tmp_path / "demo.log"
+  with browser_lib.serve_demo(flags, log, cwd=REPO, env=child_environment(1)) as url:
+    assert "other machines can reach the page (login from --auth_file)" in log.read_text()
+    assert _request(url + "config")[0] == 401
+    wrong = urllib.parse.urlencode({"username": "alice", "password": "wrong"}).encode()
+    assert _request(url + "login", wrong)[0] == 400
+    right = urllib.parse.urlencode({"username": "alice", "password": "correct horse"}).encode()
+    status, _, headers = _request(url + "login", right)
+    assert status == 200
+    cookie = "; ".join(c.split(";", 1)[0] for c in headers.get_all("Set-Cookie"))
+    assert _request(url + "config", cookie=cookie)[0] == 200
+
+    upload = url + "gradio_api/upload"
+    body, kind = _multipart("big.mp4", b"\0" * (2 << 20))
+    status, text, _ = _request(upload, body, {"Content-Type": kind}, cookie)
+    assert status == 413 and b"maximum allowed size of 1048576 bytes" in text
+    body, kind = _multipart("notes.mp4", b"meeting notes, not a video\n")
+    assert _request(upload, body, {"Content-Type": kind})[0] == 401  # no login, no upload
+    status, text, _ = _request(upload, body, {"Content-Type": kind}, cookie)
+    assert status == 200
+    (landed,) = json.loads(text)
+    assert landed.startswith(str(cache / "uploads") + "/") and landed.endswith("notes.mp4")

@@ -1,5 +1,6 @@
 """lmr_jax.fileio: the one JSON Lines reader and the atomic writers every output goes through."""
 
+import errno
 import gzip
 import os
 import stat
@@ -7,7 +8,7 @@ import stat
 import pytest
 
 from lmr_jax import fileio
-from lmr_jax.errors import LmrError
+from lmr_jax.errors import LmrError, WriteError
 
 
 class _MyError(LmrError):
@@ -70,3 +71,78 @@ def test_bad_jsonl_is_one_line_of_the_callers_error(tmp_path, content, message):
 def test_numbers_are_finite_non_bool():
   assert fileio.is_number(1) and fileio.is_number(2.5)
   assert not any(fileio.is_number(x) for x in (True, float("nan"), float("inf"), "1", None))
+  assert fileio.is_number(10**308) and not fileio.is_number(-(10**400))  # JSON ints are unbounded
+
+
+# --- disk faults: one WriteError naming the path, nothing earlier lost --------------------------
+
+
+def _refuse(code: int):
+  def refuse(*args, **kwargs):
+    raise OSError(code, os.strerror(code))
+
+  return refuse
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EDQUOT])
+def test_a_disk_fault_in_an_atomic_write_keeps_the_old_file(tmp_path, monkeypatch, code):
+  path = tmp_path / "submission.jsonl"
+  path.write_text("old\n")
+  monkeypatch.setattr(os, "fsync", _refuse(code))
+  with pytest.raises(WriteError) as error:
+    fileio.write_jsonl(path, [{"qid": 1}])
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"{path}: not written")
+  assert f"{os.strerror(code)} ({errno.errorcode[code]})" in message
+  assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["submission.jsonl"]
+
+
+def test_other_os_errors_in_an_atomic_write_are_not_disk_faults(tmp_path, monkeypatch):
+  monkeypatch.setattr(os, "fsync", _refuse(errno.EBADF))
+  with pytest.raises(OSError) as error:
+    fileio.write_json(tmp_path / "a.json", {})
+  assert not isinstance(error.value, WriteError) and os.listdir(tmp_path) == []
+
+
+def test_a_log_line_the_disk_refuses_is_cut_back(tmp_path, monkeypatch):
+  path = tmp_path / "metrics.jsonl"
+  fileio.append_jsonl(path, {"step": 1})
+
+  class HalfWritten:  # the disk fills in the middle of the line
+
+    def __init__(self, *args, **kwargs):
+      self.f = open(*args, **kwargs)  # noqa: SIM115 - closed in __exit__
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.f.close()
+
+    def write(self, data):
+      self.f.write(data[: len(data) // 2])
+      self.f.flush()
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+      pass
+
+  monkeypatch.setattr(fileio, "open", HalfWritten, raising=False)
+  with pytest.raises(WriteError, match=r"metrics.jsonl: not written \(a log line\): No space left"):
+    fileio.append_jsonl(path, {"step": 2, "loss": 1.0})
+  monkeypatch.undo()
+  assert [r for r, _ in fileio.read_jsonl(path)] == [{"step": 1}]
+
+
+def test_disk_faults_are_found_through_wrapping_errors():
+  try:
+    try:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as e:
+      raise RuntimeError("save failed") from e
+  except RuntimeError as wrapped:
+    assert fileio.disk_fault(wrapped) == "No space left on device (ENOSPC)"
+  # tensorstore (under orbax) and TensorFlow put the cause in their own message
+  text = Exception("OUT_OF_RANGE: Error writing file: [OS error: Disk quota exceeded]")
+  assert fileio.disk_fault(text) == "Disk quota exceeded (EDQUOT)"
+  assert fileio.disk_fault(ValueError("No such file or directory")) is None

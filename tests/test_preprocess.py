@@ -10,6 +10,7 @@ determinism, resumption, sharding and failure handling.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -147,6 +148,31 @@ def test_failed_write_leaves_neither_file_nor_temp(tmp_path):
   with pytest.raises(RuntimeError):
     io_utils.save_npz(tmp_path / "x.npz", features=Unconvertible())
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_stops_the_shard_and_keeps_the_finished_outputs(tmp_path, caplog):
+  """One item's own failure is recorded and the run goes on; the disk's stops the run with one
+  WriteError naming the output it was writing (every later item would fail the same way), and the
+  outputs already written stay for the rerun to skip."""
+  from lmr_jax.errors import WriteError  # noqa: PLC0415
+
+  def out(key):
+    return tmp_path / f"{key}.npz"
+
+  def work(key, _):
+    if key == "v2":
+      raise RuntimeError("an unreadable video")
+    if key == "v4":
+      raise OSError(28, os.strerror(28), str(out(key)))
+    io_utils.save_npz(out(key), features=np.ones((2, 3), np.float32))
+
+  logger = logging.getLogger("test_preprocess")
+  with pytest.raises(WriteError, match=r"v4.npz: not written: No space left on device \(ENOSPC\)"):
+    io_utils.run_keys(
+        "features", ["v1", "v2", "v3", "v4", "v5"], out, lambda: None, work=work, logger=logger
+    )
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["v1.npz", "v3.npz"]
+  assert "features v2 failed: RuntimeError: an unreadable video" in caplog.text
 
 
 # --- Llama embedding layer -------------------------------------------------------------------------------

@@ -188,3 +188,25 @@ def test_phase_clock_line_shows_each_phase_that_happened():
       ": setup 12.0 s, first dispatch of 1 step(s) with its compilation 31.0 s, 1319 more step(s) "
       "14 min 39 s, 3 evaluation(s) 45.2 s"
   )  # no checkpoint was saved: no such part
+
+
+def test_a_log_write_the_disk_refuses_is_one_line_naming_the_log(tmp_path, monkeypatch):
+  """metrics.jsonl is cut back to its whole lines (tests/test_fileio.py); TensorFlow's event writer
+  reports a full disk in its own error, which becomes a WriteError naming the TensorBoard folder."""
+  from lmr_jax.errors import WriteError  # noqa: PLC0415
+
+  log = metric_log.MetricLog(str(tmp_path), base.get_base_config())
+  log.write(1, loss=1.0)
+
+  def full_disk():
+    raise tf.errors.ResourceExhaustedError(None, None, "tmp/events.out: No space left on device")
+
+  monkeypatch.setattr(log._writer, "flush", full_disk)
+  with pytest.raises(WriteError) as error:
+    log.write(2, loss=0.5)
+  message = str(error.value)
+  assert message.startswith(f"{log.tensorboard_dir}: not written (TensorBoard events)")
+  assert "(ENOSPC)" in message and "\n" not in message
+  monkeypatch.undo()
+  log.close()
+  assert [r["step"] for r in log.records()] == [1, 2]  # the JSON line was written before

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import sys
+from lmr_jax import cli
 
-from absl import flags
+if __name__ == "__main__":
+  cli.exec_with_tcmalloc()  # first: the allocator is chosen when the process starts
 
-from lmr_jax import benchmark as benchmark
-from lmr_jax import cli, fileio
-from lmr_jax.benchmark import devices, report
-from lmr_jax.benchmark.profile import format_profile
-from lmr_jax.benchmark.roofline import DTYPES, QVH_TRAIN_QUERIES
-from lmr_jax.fileio import load_config
+import sys  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+from lmr_jax import benchmark as benchmark  # noqa: E402
+from lmr_jax import fileio  # noqa: E402
+from lmr_jax.benchmark import devices, report  # noqa: E402
+from lmr_jax.benchmark.profile import format_module_times, format_profile  # noqa: E402
+from lmr_jax.benchmark.roofline import DTYPES, QVH_TRAIN_QUERIES  # noqa: E402
+from lmr_jax.fileio import load_config  # noqa: E402
 
 
 def _define_flags(flag_values) -> None:
@@ -37,12 +42,26 @@ def _define_flags(flag_values) -> None:
       "compute dtypes to time the train step in (besides the config's model.dtype)",
       flag_values=flag_values,
   )
+  flags.DEFINE_string(
+      "compare_config",
+      "configs/qvh.py:qd_detr",
+      "also time this config's step, alternating with --config's, and report their ratio per FLOP "
+      "('' or --config itself: none)",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+      "qd_detr_root",
+      "",
+      "a public QD-DETR checkout (holds qd_detr/): also time its own PyTorch step and inference on "
+      "the compare config's batch, in a child process (lmr_jax/benchmark/qd_detr_pytorch.py)",
+      flag_values=flag_values,
+  )
   flags.DEFINE_string("json", "", "also write the figures here", flag_values=flag_values)
   flags.DEFINE_string(
       "profile_dir",
       "",
       "also trace 2 train steps with jax.profiler here (Perfetto/TensorBoard) and print the "
-      "slowest ops with the model code they compute",
+      "slowest ops with the model code they compute, and the op time by model part",
       flag_values=flag_values,
   )
 
@@ -58,6 +77,7 @@ def _benchmark(args) -> None:
   args.dtypes = tuple(args.dtypes)
   config = load_config(args.config)
   batch_size = args.batch_size or config.batch_size
+  compare = args.compare_config if args.compare_config not in ("", args.config) else ""
   results, profile = report.run_benchmark(
       config,
       batch_size=batch_size,
@@ -68,21 +88,26 @@ def _benchmark(args) -> None:
       matmul_size=args.matmul_size,
       profile_dir=args.profile_dir,
       dtypes=args.dtypes,
+      compare_config=compare,
+      qd_detr_root=args.qd_detr_root,
   )
   info = devices.device_info()
-  print(report.header(args.config, batch_size, config.model.dtype, info))
+  print(report.header(args.config, batch_size, config.model.dtype, info=info, compare=compare))
   print(report.format_table(results))
   if profile:
     print(f"\nSlowest ops of the train step (trace in {args.profile_dir}):")
     print(format_profile(profile))
+    print("\nThe train step's op time by model part:")
+    print(format_module_times(profile))
   if args.json:
     record = {
         "config": args.config,
+        "compare_config": compare or None,
         "batch_size": batch_size,
         **info,
         "dtype": config.model.dtype,
         "dtypes": list(args.dtypes),
-        "figures": {row[0]: results[row[0]] for row in report.ROWS},
+        "figures": {key: results[key] for key in report.FIGURE_KEYS},
         "pass": {row[0]: report.passes(row[0], results[row[0]]) for row in report.ROWS},
     }
     fileio.write_json(args.json, record, indent=1)

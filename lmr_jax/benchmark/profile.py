@@ -13,7 +13,7 @@ import re
 _HLO_OP = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) .*?op_name="([^"]*)"', re.M)
 
 
-def profile_ops(compiled, state, batch, key, *, trace_dir: str, steps: int = 2, top: int = 25):
+def profile_ops(compiled, state, batch, key, *, trace_dir: str, steps: int = 2):
   """Traces ``steps`` calls of the compiled train step with jax.profiler and ranks its ops by time.
 
   Returns (state, rows): each row is (ms per step, op, output shape, the jaxpr scope it computes:
@@ -39,13 +39,46 @@ def profile_ops(compiled, state, batch, key, *, trace_dir: str, steps: int = 2, 
     if event.get("ph") == "X" and event.get("name") in scopes:
       micros[event["name"]] += event.get("dur", 0)
   rows = []
-  for name, total in micros.most_common(top):
+  for name, total in micros.most_common():
     shape, scope = scopes[name]
     rows.append((total / 1e3 / steps, name, shape, scope.replace("jit(train_step)/", "")))
   return state, rows
 
 
-def format_profile(rows) -> str:
+def format_profile(rows, top: int = 25) -> str:
+  """The ``top`` slowest ops as a Markdown table."""
   lines = ["| ms/step | op | shape | computes |", "|---|---|---|---|"]
-  lines += [f"| {ms:.1f} | {op} | {shape} | {scope} |" for ms, op, shape, scope in rows]
+  lines += [f"| {ms:.1f} | {op} | {shape} | {scope} |" for ms, op, shape, scope in rows[:top]]
+  return "\n".join(lines)
+
+
+_PASS = re.compile(r"^(transpose\()?jvp\((\w+)\)\)?/")
+
+
+def module_times(rows) -> list[tuple[str, str, float]]:
+  """The ops' time per model part and pass, slowest first: (part, "forward" | "backward", ms/step).
+
+  A part is the top-level Flax module an op computes (``caption_proj``, ``decoder``), one level deeper
+  inside the encoder (``LMR.encode/encoder_0``), with the attention's core (logits, softmax,
+  weighted sum: ``.../attend``) apart from its projections; ops outside any module keep their
+  primitive's name. Comparing two configs' tables shows where one's extra time goes."""
+  totals = collections.Counter()
+  for ms, _, _, scope in rows:
+    match = _PASS.match(scope)
+    path = [p for p in scope[match.end() if match else 0 :].split("/") if p]
+    depth = 2 if path and path[0].endswith(".encode") else 1
+    part = "/".join(path[:depth]) or "(unnamed)"
+    if "/attend/" in scope or scope.endswith("/attend"):
+      part += "/attend"
+    totals[(part, "backward" if match and match.group(1) else "forward")] += ms
+  return [(part, direction, ms) for (part, direction), ms in totals.most_common()]
+
+
+def format_module_times(rows, top: int = 25) -> str:
+  """``module_times`` of the ops as a Markdown table, with the total op time (summed over threads)."""
+  lines = ["| ms/step | model part | pass |", "|---|---|---|"]
+  lines += [
+      f"| {ms:.1f} | {part} | {direction} |" for part, direction, ms in module_times(rows)[:top]
+  ]
+  lines.append(f"| {sum(r[0] for r in rows):.1f} | all ops (summed over threads) | |")
   return "\n".join(lines)

@@ -52,6 +52,24 @@ def time_step(compiled, state, batch, key, *, warmup: int, steps: int):
   return state, statistics.median(times)
 
 
+def time_steps_paired(runs, key, *, warmup: int, steps: int):
+  """Two or more compiled train steps timed in alternation, each call to ``block_until_ready``:
+  ``runs`` = [(compiled, state, batch)]; returns (their states, their median seconds). Alternating
+  makes the steps' ratio robust to a VM whose speed drifts within a run."""
+  states = [state for _, state, _ in runs]
+  for _ in range(warmup):
+    states = [compiled(s, batch, key)[0] for (compiled, _, batch), s in zip(runs, states)]
+  jax.block_until_ready(states)
+  times = [[] for _ in runs]
+  for _ in range(steps):
+    for i, (compiled, _, batch) in enumerate(runs):
+      start = time.perf_counter()
+      states[i], metrics = compiled(states[i], batch, key)
+      jax.block_until_ready((states[i], metrics))
+      times[i].append(time.perf_counter() - start)
+  return states, [statistics.median(t) for t in times]
+
+
 def dtype_step(config, dtype: str, tx, state, *, batch, key, warmup: int, steps: int):
   """The train step with ``config.model.dtype = dtype`` (same params, state): (state, StepCost)."""
   config = copy.deepcopy(config)
@@ -81,6 +99,13 @@ def inference_figures(model, config, params, rng, *, repeats: int) -> dict[str, 
     seconds = median_seconds(lambda: predict(params, eval_batch), max(repeats, 5))
     results[f"infer_b{size}_ms"] = 1e3 * seconds / size
   return results
+
+
+def temp_gbytes(compiled) -> float | None:
+  """The compiled step's temporary buffers (activations kept for the backward pass, workspaces) from
+  XLA's memory analysis; None where the backend gives none. Allocated on the device each call."""
+  analysis = compiled.memory_analysis()
+  return None if analysis is None else analysis.temp_size_in_bytes / 1e9
 
 
 def memory_figures() -> dict[str, float | None]:

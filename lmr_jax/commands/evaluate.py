@@ -12,6 +12,7 @@ with a fixed seed and, with ``cqval``, the C-QVal bar chart (``lmr_jax/visualiza
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -29,7 +30,7 @@ from lmr_jax.evaluation import evaluators
 from lmr_jax.evaluation import split_evaluator
 from lmr_jax.evaluation import submission as submission_lib
 from lmr_jax.training import checkpoint as checkpoint_lib
-from lmr_jax.training import parallel
+from lmr_jax.training import parallel, run_lock
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
 from lmr_jax.training import workdir as workdir_lib
@@ -73,6 +74,27 @@ def evaluate_checkpoint(
   split = split or config.eval_split
   output_dir = output_dir or os.path.join(workdir, "eval", f"{split}_{checkpoint}")
   _check_request(config, workdir, split, output_dir, plots=plots)
+  writes_into_workdir = os.path.isdir(workdir) and _is_inside(output_dir, workdir)
+  with run_lock.hold(workdir, "evaluation") if writes_into_workdir else contextlib.nullcontext():
+    return _evaluate(
+        config,
+        workdir,
+        checkpoint=checkpoint,
+        split=split,
+        cqval=cqval,
+        output_dir=output_dir,
+        plots=plots,
+    )
+
+
+def _is_inside(path: str, folder: str) -> bool:
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
+
+
+def _evaluate(config, workdir: str, *, checkpoint: str, split: str, cqval, output_dir, plots):
+  """``evaluate_checkpoint`` once its request is checked (and the workdir's lock held where the
+  results go into it)."""
   checkpointer = state_lib.open_checkpointer(config, workdir, checkpoint)
   try:
     source = dataset.example_source(

@@ -123,8 +123,14 @@ def _unreadable(path: str, error: Exception, context: str) -> DataError:
   return DataError(f"{path}: unreadable npz ({type(error).__name__}: {error}) ({context})")
 
 
-def read_npz_array(path: str, key: str, dim: int, context: str) -> np.ndarray:
-  """Loads ``key`` from ``path`` as float32 (N, dim); every failure is a one-line DataError."""
+def read_npz_array(
+    path: str, key: str, dim: int, context: str, *, zero_rows: str = "none"
+) -> np.ndarray:
+  """Loads ``key`` from ``path`` as float32 (N, dim); every failure is a one-line DataError.
+
+  ``zero_rows``: "none" (a clip's or caption's features: an all-zero row is a failed extraction or
+  an empty caption, which training would read as a real clip) or "some" (query tokens, where zero
+  rows may be padding but not every row may be)."""
   _check_file(path, key, context)
   try:
     with np.load(path, allow_pickle=False) as npz:
@@ -135,11 +141,21 @@ def read_npz_array(path: str, key: str, dim: int, context: str) -> np.ndarray:
     raise
   except _UNREADABLE as e:
     raise _unreadable(path, e, context) from None
+  if zero_rows not in ("none", "some"):
+    raise ValueError(f"zero_rows={zero_rows!r}: 'none' or 'some'")
   _check_array(path, key, array.shape, array.dtype, dim=dim, context=context)
   array = array.astype(np.float32)
   if not np.isfinite(array).all():
     bad_row = int(np.argwhere(~np.isfinite(array))[0, 0])
     raise DataError(f"{path}: key '{key}' has NaN/inf values (first in row {bad_row}) ({context})")
+  zero_N = ~array.any(axis=1)
+  if zero_rows == "none" and zero_N.any():
+    raise DataError(
+        f"{path}: key '{key}' row {int(np.argmax(zero_N))} is all zeros (a failed extraction or "
+        f"an empty caption; {int(zero_N.sum())} such rows) ({context})"
+    )
+  if zero_N.all():
+    raise DataError(f"{path}: key '{key}' is all zeros (a query of only padding) ({context})")
   return array
 
 
@@ -326,7 +342,7 @@ def scan_video(spec: FeatureSpec, vid: str, with_captions: bool) -> tuple[int, i
 def load_query_tokens(spec: FeatureSpec, qid: int, caption_encoder: bool) -> np.ndarray:
   """Token features of one query, cut to ``max_query_tokens`` (the peers keep the first 32)."""
   path, dim = query_path(spec, qid, caption_encoder)
-  tokens = read_npz_array(path, "last_hidden_state", dim, f"qid {qid}")
+  tokens = read_npz_array(path, "last_hidden_state", dim, f"qid {qid}", zero_rows="some")
   return tokens[: spec.max_query_tokens]
 
 

@@ -22,6 +22,8 @@ from lmr_jax.errors import LmrError
 from lmr_jax.inference import predictor as predictor_lib
 
 MAX_QUERIES = 20  # one page request; each query is a model row per window
+MAX_UPLOAD_MB = 500.0  # demo.py --max_upload_mb
+MAX_VIDEO_MINUTES = 30.0  # demo.py --max_video_minutes
 Progress = Callable[[float, str], None]  # (fraction done, what is running)
 # Share of the work each stage of a new upload takes (captioning dominates), for one progress bar.
 STAGES = {
@@ -109,11 +111,14 @@ class DemoSession:
       *,
       videos: str | None = None,
       top_k: int = 10,
+      max_upload_mb: float = MAX_UPLOAD_MB,
+      max_video_minutes: float = MAX_VIDEO_MINUTES,
   ):
     predictor_lib.check_options(predictor.config, top_k, None, 0.5)
     self.predictor, self.encoders = predictor, encoders
     self.cache_dir = Path(cache_dir)
     self.features, self.videos, self.top_k = features, videos, top_k
+    self.max_upload_mb, self.max_video_minutes = max_upload_mb, max_video_minutes
     # The videos the page lists and a request may name: those with a file of the first visual
     # stream (the loaders check the rest when one is asked for).
     self.feature_vids: list[str] = []
@@ -127,7 +132,7 @@ class DemoSession:
 
   def video_file(self, vid: str) -> str | None:
     """The raw file of a feature video in ``videos`` (any extension), for the player."""
-    if not self.videos:
+    if not self.videos or vid not in self.feature_vids:  # never a path a request makes up
       return None
     matches = sorted(Path(self.videos).glob(f"{glob.escape(vid)}.*"))
     return str(matches[0]) if matches else None
@@ -142,6 +147,7 @@ class DemoSession:
       raise DemoError("upload a video, or pick one with precomputed features")
     predictor_lib.check_raw_video_config(self.config)
     name = os.path.basename(video)
+    self._check_upload(video, name)
     vid = _content_id(video)
     feat_root = self.cache_dir / "features"
 
@@ -157,6 +163,25 @@ class DemoSession:
     report(0.9, "predicting")
     records = self._predict(inputs, queries, video=name)
     return Answer(records, read_captions(feat_root, vid, inputs.duration), name)
+
+  def _check_upload(self, video: str, name: str) -> None:
+    """Before any model runs: the file is within the size limit (the server's own limit refuses
+    larger uploads before they land; this holds for any other way in), a video by its content, and
+    within the duration limit."""
+    megabytes = os.path.getsize(video) / 2**20
+    if megabytes > self.max_upload_mb:
+      raise DemoError(
+          f"{name}: {megabytes:.3g} MB; this server takes uploads up to {self.max_upload_mb:g} MB"
+      )
+    try:
+      minutes = self.encoders.video_duration(video) / 60
+    except predictor_lib.PredictError as e:
+      raise DemoError(str(e).replace(str(video), name)) from None
+    if minutes > self.max_video_minutes:
+      raise DemoError(
+          f"{name}: {minutes:.3g} minutes long; this server takes videos up to "
+          f"{self.max_video_minutes:g} minutes"
+      )
 
   def answer_features(self, vid: str | None, text: str | None) -> Answer:
     """Moments of each query in a video of the ``features`` root."""

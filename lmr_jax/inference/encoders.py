@@ -250,6 +250,16 @@ class Encoders:
     tokens = llama_tokens if self.llama_query_tokens else self.clip_text(text)
     return predictor_lib.query_inputs(self.config, text, tokens, llama_tokens)
 
+  def video_duration(self, video: str | os.PathLike) -> float:
+    """The video's duration in seconds, read from its container by its content (not its name);
+    a file that is not a video FFmpeg can read is a PredictError."""
+    try:
+      with ClipReader(video, self.config.data.clip_len, 1) as clips:
+        return clips.duration
+    except (av.FFmpegError, ValueError) as e:
+      reason = (str(e).splitlines() or [""])[0][:300]
+      raise PredictError(f"{video}: unreadable video ({type(e).__name__}: {reason})") from None
+
   def write_video_features(
       self,
       video: str | os.PathLike,

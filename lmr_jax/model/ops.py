@@ -55,28 +55,34 @@ def inverse_sigmoid(x: jnp.ndarray, eps: float = 1e-3) -> jnp.ndarray:
 # --- dropout --------------------------------------------------------------------------------------
 
 
-def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[jnp.ndarray, float]:
-  """A Bernoulli keep mask and its keep probability ``1 - rate``, with ``rate`` drawn at 8-bit
-  resolution when that is exact (0.5, 0.25, ...) and at 16-bit resolution (rounded to 2^-16) otherwise.
+def _mix32(x_u32: jnp.ndarray) -> jnp.ndarray:
+  """A 32-bit integer hash with full avalanche ("lowbias32", C. Wellons' hash-prospector: every input
+  bit flips each output bit with probability ~1/2)."""
+  x_u32 = x_u32 ^ (x_u32 >> 16)
+  x_u32 = x_u32 * np.uint32(0x7FEB352D)
+  x_u32 = x_u32 ^ (x_u32 >> 15)
+  x_u32 = x_u32 * np.uint32(0x846CA68B)
+  return x_u32 ^ (x_u32 >> 16)
 
-  Drawn with XLA's RngBitGenerator, several draws per 32-bit word: jax.random's bits cost a fifth of
-  a CPU train step at QVHighlights shapes.
+
+def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[jnp.ndarray, float]:
+  """A Bernoulli keep mask and its keep probability ``1 - rate`` (``rate`` at 32-bit resolution).
+
+  Counter-based: element i is kept when hash(hash(i ^ s0) + s1) >= rate * 2^32, with the 64-bit
+  seed (s0, s1) drawn from ``rng`` by jax.random. No bits array exists: XLA fuses the hash into the
+  op that applies the mask, on every backend (the way GPU dropout kernels draw Philox in-kernel).
+  XLA's RngBitGenerator cost ~15 ms per dropout at QVHighlights shapes on the CPU, an eighth of a
+  train step (docs/benchmark.md, "Written-out ops"); tests/test_model.py checks the rate and the
+  independence of neighbouring elements and of seeds.
   """
-  bits_per_draw = 8 if float(rate * 2**8).is_integer() else 16
-  levels = 2**bits_per_draw
-  steps = min(round(rate * levels), levels - 1)
-  draws_per_word = 32 // bits_per_draw
+  threshold = min(round(rate * 2**32), 2**32 - 1)
   size = int(np.prod(shape))
-  seed_u32x4 = jax.random.bits(rng, (4,), jnp.uint32)
-  _, bits = jax.lax.rng_bit_generator(
-      seed_u32x4,
-      (-(-size // draws_per_word),),
-      dtype=jnp.uint32,
-      algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY,
-  )
-  draw_dtype = jnp.uint8 if bits_per_draw == 8 else jnp.uint16
-  bits = jax.lax.bitcast_convert_type(bits, draw_dtype).reshape(-1)[:size].reshape(shape)
-  return bits >= np.asarray(steps, draw_dtype), 1.0 - steps / levels
+  if size >= 2**32:
+    raise ValueError(f"dropout over {size} elements: the counter is 32-bit")
+  seed_u32x2 = jax.random.bits(rng, (2,), jnp.uint32)
+  index = jax.lax.iota(jnp.uint32, size).reshape(shape)
+  bits = _mix32(_mix32(index ^ seed_u32x2[0]) + seed_u32x2[1])
+  return bits >= np.uint32(threshold), 1.0 - threshold / 2**32
 
 
 def dropout(x: jnp.ndarray, rate: float, rng: jax.Array | None) -> jnp.ndarray:

@@ -238,9 +238,24 @@ class Checkpointer:
         state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(dataclasses.asdict(position))
     )
     if step not in self.latest.all_steps():
-      self.latest.save(step, args=args)
+      self._save(self.latest, step, args)
     if metrics is not None:
-      self.best.save(step, args=args, metrics=metrics)
+      self._save(self.best, step, args, metrics=metrics)
+
+  def _save(self, manager: ocp.CheckpointManager, step: int, args, metrics=None) -> None:
+    """One manager's save; a disk fault is a WriteError naming the step (orbax writes a step into
+    a temporary folder and renames it when complete, so the earlier steps stay whole)."""
+    try:
+      manager.save(step, args=args, metrics=metrics)
+    except Exception as e:
+      fault = fileio.disk_fault(e)
+      if not fault:
+        raise
+      last = self.latest.latest_step()
+      kept = f"the last complete one is step {last}" if last is not None else "none was complete"
+      raise fileio.write_error(
+          manager.directory / str(step), fault, f"checkpoint; {kept}"
+      ) from None
 
   def resolve_step(self, which: str) -> tuple[ocp.CheckpointManager, int]:
     """'latest', 'best' or a step number -> (manager, step)."""

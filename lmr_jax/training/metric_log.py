@@ -40,10 +40,24 @@ class MetricLog:
     if not self.enabled:
       return
     fileio.append_jsonl(self.path, dict(step=step, **scalars))
-    for name, value in scalars.items():
-      if value is not None:  # a metric the split cannot give (e.g. no highlight labels) stays null
-        self._writer.scalar(name, value, step)
-    self._writer.flush()
+    with self._tensorboard_faults():
+      for name, value in scalars.items():
+        if (
+            value is not None
+        ):  # a metric the split cannot give (e.g. no highlight labels) stays null
+          self._writer.scalar(name, value, step)
+      self._writer.flush()
+
+  @contextlib.contextmanager
+  def _tensorboard_faults(self):
+    """TensorFlow's event writer reports a full disk in errors of its own: a WriteError instead."""
+    try:
+      yield
+    except Exception as e:
+      fault = fileio.disk_fault(e)
+      if fault:
+        raise fileio.write_error(self.tensorboard_dir, fault, "TensorBoard events") from None
+      raise
 
   def records(self) -> list[dict]:
     """Every record of metrics.jsonl so far (this run's and, after a resume, the earlier runs')."""
@@ -53,7 +67,9 @@ class MetricLog:
 
   def close(self) -> None:
     if self._writer is not None:
-      self._writer.close()
+      writer, self._writer = self._writer, None
+      with self._tensorboard_faults():
+        writer.close()
 
 
 def progress_bar(total: int, initial: int, description: str) -> tqdm:

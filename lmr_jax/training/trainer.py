@@ -144,10 +144,10 @@ def train(
         if stop_now:
           _log_stop(stop, step, checkpointer)
           break
-    finally:
-      bar.close()
-      log.close()
-      checkpointer.close()
+    except BaseException:
+      _close(bar, log, checkpointer, failing=True)
+      raise
+    _close(bar, log, checkpointer, failing=False)
   if jax.process_index() == 0:
     print(
         _summary(
@@ -239,6 +239,20 @@ def _log_train(log, history, step, epoch, *, lr_schedule, start_step, start_time
   )
   logging.info("step %d epoch %d loss %.4f", step, epoch, means["loss"])
   return means["loss"]
+
+
+def _close(*closables, failing: bool) -> None:
+  """Closes the bars, the log and the checkpointer; while an error is on its way out (a full disk,
+  say, which may fail these closes too) their own errors are logged, so the first one is reported.
+  """
+  for closable in closables:
+    if not failing:
+      closable.close()
+      continue
+    try:
+      closable.close()
+    except Exception as e:  # noqa: BLE001 - secondary to the error being raised
+      logging.warning("closing %s after the error: %s", type(closable).__name__, e)
 
 
 def _log_stop(stop: "_StopOnSignal", step: int, checkpointer) -> None:
