@@ -110,7 +110,8 @@ def test_benchmark_reports_every_figure(tmp_path):
       roofline.SCHEDULES["qvh"].steps * results["torch_step_s"] / 3600
   )
   assert results["peak_rss_infer_gb"] >= results["peak_rss_gb"]  # read later, the same process
-  assert 0 < results["rss_start_gb"] < results["peak_rss_gb"]  # read first, before the model
+  # read first (a peak so far: in a process that already ran other work, as under pytest, the same)
+  assert 0 < results["rss_start_gb"] <= results["peak_rss_gb"]
   assert 0 < results["step_temp_gb"] < results["peak_rss_gb"]
   step_row = next(line for line in table if line.startswith("| train step time (median"))
   assert step_row.count(" s |") == 4  # measured, target, compare config, PyTorch
