@@ -106,7 +106,21 @@ def _qd_detr_checkpoint(path, v_dim, t_dim, **opt):
   options.update(opt)
   model = {k: torch.from_numpy(v) for k, v in state.items()}
   model["txt_position_embed.position_embeddings.weight"] = torch.zeros(options["max_q_l"], 256)
-  torch.save({"model": model, "opt": argparse.Namespace(**options), "epoch": 7}, path)
+  # As QD-DETR's train.py saves it: with the optimizer's and scheduler's states and opt.device.
+  params = [torch.nn.Parameter(torch.zeros(2, 2))]
+  optimizer = torch.optim.AdamW(params, lr=1e-4)
+  params[0].grad = torch.ones(2, 2)
+  optimizer.step()
+  scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 400)
+  opt = argparse.Namespace(**options, device=torch.device("cpu"))
+  checkpoint = {
+      "model": model,
+      "optimizer": optimizer.state_dict(),
+      "lr_scheduler": scheduler.state_dict(),
+      "epoch": 7,
+      "opt": opt,
+  }
+  torch.save(checkpoint, path)
   return state
 
 
@@ -173,3 +187,28 @@ def test_checkpoint_options_that_change_the_architecture_are_refused(tmp_path, c
   assert qd_detr.main(["--checkpoint", ckpt, "--workdir", str(tmp_path / "w")]) == 1
   assert "do not make its v_feat_dim 34" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "w")
+
+
+class _RunsCode:
+  """What a hostile checkpoint could hold: unpickling it would run a command."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_is_read_without_running_what_it_holds(tmp_path, capsys):
+  """Loaded with torch's weights_only unpickler and argparse.Namespace allowed: a file holding any
+  other object is refused in one line, and nothing in it runs."""
+  ckpt = str(tmp_path / "hostile.ckpt")
+  marker = tmp_path / "ran"
+  torch.save({"model": {}, "opt": argparse.Namespace(lr=1e-4), "extra": _RunsCode(marker)}, ckpt)
+  assert qd_detr.main(["--checkpoint", ckpt, "--workdir", str(tmp_path / "w")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert (
+      err.startswith(f"error: {ckpt}: refused: it holds objects other than tensors")
+      and "\n" not in err
+  )
+  assert not marker.exists() and not os.path.exists(tmp_path / "w")

@@ -5,7 +5,8 @@ r"""QD-DETR weights -> LMR's QD-DETR base (configs/qvh.py:qd_detr), and the pari
   python -m lmr_jax.port.qd_detr FIXTURE.npz --outputs OUT.npz
 
 The first form reads a QD-DETR training checkpoint (a torch file with "model", its state_dict, and "opt",
-its argparse options; torch is imported only here) and writes an orbax checkpoint plus config.json into
+its argparse options; torch is imported only here, and loads it with ``weights_only=True``: tensors,
+containers, numbers, strings and ``argparse.Namespace``, nothing that could run code) and writes an orbax checkpoint plus config.json into
 the workdir, as train.py would. The second reads a parity fixture made by QD-DETR's own code (layout in
 docs/fidelity.md), runs our model in evaluation mode on its inputs and our losses on its targets,
 and writes the same keys (output/*, loss/*) for comparison.
@@ -19,7 +20,9 @@ with it is refused.
 
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import re
 import sys
 from collections.abc import Callable
@@ -311,10 +314,19 @@ def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
         "reading a QD-DETR checkpoint needs PyTorch: pip install -r preprocess/requirements.txt"
     ) from None
   try:
-    # QD-DETR pickles its argparse Namespace in "opt", which weights_only loading refuses.
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    # torch's weights_only unpickler: tensors, containers, numbers, strings, torch.device (QD-DETR's
+    # opt.device) and, allowed here by name, the argparse.Namespace QD-DETR saves its options in.
+    # Nothing else is built from the file, so a checkpoint cannot run code when read.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      ckpt = torch.load(path, map_location="cpu", weights_only=True)
   except FileNotFoundError:
     raise PortError(f"{path}: no such file") from None
+  except pickle.UnpicklingError as e:
+    reason = " ".join(str(e).split())[:200]
+    raise PortError(
+        f"{path}: refused: it holds objects other than tensors and QD-DETR's options, which are not "
+        f"unpickled here ({reason})"
+    ) from None
   except Exception as e:  # noqa: BLE001 - torch raises many types for a file it cannot read
     raise PortError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
   if not isinstance(ckpt, dict) or "model" not in ckpt or "opt" not in ckpt:
