@@ -42,9 +42,8 @@ class MetricLog:
     fileio.append_jsonl(self.path, dict(step=step, **scalars))
     with self._tensorboard_faults():
       for name, value in scalars.items():
-        if (
-            value is not None
-        ):  # a metric the split cannot give (e.g. no highlight labels) stays null
+        # a metric the split cannot give (e.g. no highlight labels) stays null
+        if value is not None:
           self._writer.scalar(name, value, step)
       self._writer.flush()
 
