@@ -101,8 +101,6 @@ def _check_flags() -> None:
       raise predictor_lib.PredictError(f"{flag} must be positive, got {value.value}")
   if _MAX_QUEUE.value < 1:
     raise predictor_lib.PredictError(f"--max_queue must be at least 1, got {_MAX_QUEUE.value}")
-  if _AUTH_FILE.value:
-    access.read_auth_file(_AUTH_FILE.value)
 
 
 def _synthetic_session(config):
@@ -170,6 +168,7 @@ def load_session():
 def main():
   checkpoint.quiet_orbax_logs()
   os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
+  auth = access.read_auth_file(_AUTH_FILE.value) if _AUTH_FILE.value else None  # before the models
   session = load_session()
   # Uploads land in the session's cache, not in a shared /tmp/gradio (Gradio reads this on import).
   os.environ.setdefault("GRADIO_TEMP_DIR", str(session.cache_dir / "uploads"))
@@ -180,7 +179,6 @@ def main():
     page = page_lib.build_synthetic(session, _WORKDIR.value, _COMPARE_WORKDIR.value)
   else:
     page = page_lib.build(session, _WORKDIR.value)
-  auth = access.read_auth_file(_AUTH_FILE.value) if _AUTH_FILE.value else None
   if not access.is_loopback(_HOST.value):
     logging.warning(
         "serving on %s: other machines can reach the page%s",

@@ -142,6 +142,11 @@ def _absl_help(options, doc: str, positional: str | None = None) -> str:
   return "\n".join(lines)
 
 
+def _printable(text: str) -> str:
+  """``text`` with control characters escaped, so that a message quoting it stays one line."""
+  return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _unknown_override(argv: Sequence[str]) -> str | None:
   """The first ``--config.a.b=v`` whose key the config file does not have, as a usage message."""
   from lmr_jax import fileio  # noqa: PLC0415
@@ -160,9 +165,9 @@ def _unknown_override(argv: Sequence[str]) -> str | None:
     node = config
     for part in key.split("."):
       if not hasattr(node, "keys") or part not in node.keys():
-        shown = lambda text: text if text.isprintable() else repr(text)[1:-1]  # noqa: E731 - one line
         return (
-            f"--config.{shown(key)}: the config has no key '{shown(part)}' (see {config_arg[9:]})"
+            f"--config.{_printable(key)}: the config has no key '{_printable(part)}' "
+            f"(see {config_arg[9:]})"
         )
       node = node[part]
   return None

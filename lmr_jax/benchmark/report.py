@@ -13,13 +13,11 @@ import ml_collections
 import numpy as np
 
 from lmr_jax import fileio
-from lmr_jax.benchmark import devices, feeding, inputs, qd_detr_pytorch, roofline, timing
+from lmr_jax.benchmark import devices, feeding, qd_detr_pytorch, roofline, timing
 from lmr_jax.benchmark import profile as profile_lib
 from lmr_jax.benchmark.roofline import DTYPES, MATMUL_KEYS, QVH_TRAIN_QUERIES, SCHEDULES
 from lmr_jax.errors import LmrError
 from lmr_jax.fileio import load_config
-from lmr_jax.training import state as state_lib
-from lmr_jax.training import train_step as train_step_lib
 
 # The Charades-STA rows multiply by this run's step: at QVH shapes unless the config is Charades'.
 CHARADES_STEP = "QVH shapes unless --config=configs/charades.py"
@@ -127,19 +125,16 @@ def run_benchmark(
   with the config's; ``qd_detr_root``: a public QD-DETR checkout, whose step is timed on the compare
   config's batch (``qd_detr_pytorch``).
 
-  Long because the order of the measurements is part of what they mean: the config's dtype first, its training
-  peak RSS read right after its steps and again after its inference, before the compare config, the
-  other ``dtypes`` and the dataset; public QD-DETR's PyTorch step last, in its own process."""
+  Long because the order of the measurements is part of what they mean: the config's dtype first,
+  its training peak RSS read right after its steps and again after its inference, before the compare
+  config, the other ``dtypes`` and the dataset; public QD-DETR's PyTorch step last, in its own
+  process."""
   rss_start = timing.memory_figures()["peak_rss_gb"]
   batch_size = batch_size or config.batch_size
   config_dtype = config.model.dtype
   rng = np.random.default_rng(0)
-  batch = inputs.random_batch(config, batch_size, rng)
-  model = state_lib.build_model(config)
   config_steps = config.num_epochs * (train_queries // batch_size)
-  tx, _ = train_step_lib.make_optimizer(config.optim, config_steps)
-  state = state_lib.init_state(config, model, tx, batch)
-  batch = jax.device_put(batch)
+  model, tx, state, batch = timing.train_setup(config, batch_size, rng, config_steps)
   key = jax.random.key(config.seed + 1)
 
   compiled, compile_s, flops, bytes_accessed = timing.compile_step(
@@ -220,11 +215,9 @@ def _compared_figures(compare_config, main, *, batch_size: int, key, warmup: int
   if compare_config is None:
     return state, dict.fromkeys(keys)
   rng = np.random.default_rng(0)  # the batch qd_detr_pytorch feeds public QD-DETR
-  other_batch = inputs.random_batch(compare_config, batch_size, rng)
-  other_model = state_lib.build_model(compare_config)
-  other_tx, _ = train_step_lib.make_optimizer(compare_config.optim, 1000)
-  other_state = state_lib.init_state(compare_config, other_model, other_tx, other_batch)
-  other_batch = jax.device_put(other_batch)
+  other_model, other_tx, other_state, other_batch = timing.train_setup(
+      compare_config, batch_size, rng, 1000
+  )
   other_compiled, _, other_flops, _ = timing.compile_step(
       compare_config, other_tx, other_state, other_batch, key=key
   )

@@ -38,18 +38,22 @@ def compile_step(config, tx, state, batch, *, key):
   return compiled, seconds, cost["flops"], cost.get("bytes accessed")
 
 
+def train_setup(config, batch_size: int, rng, schedule_steps: int):
+  """(model, optimizer, initial state, the batch on the device) of ``config`` on a random batch of
+  its shapes (``inputs.random_batch``); ``schedule_steps`` sets the learning-rate schedule only."""
+  batch = inputs.random_batch(config, batch_size, rng)
+  model = state_lib.build_model(config)
+  tx, _ = train_step_lib.make_optimizer(config.optim, schedule_steps)
+  state = state_lib.init_state(config, model, tx, batch)
+  return model, tx, state, jax.device_put(batch)
+
+
 def time_step(compiled, state, batch, key, *, warmup: int, steps: int):
   """(state, median seconds of ``steps`` calls after ``warmup``); the state is donated each call."""
-  for _ in range(warmup):
-    state, _ = compiled(state, batch, key)
-  jax.block_until_ready(state)  # the warmup's dispatched work is not part of the first timed step
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch, key)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-  return state, statistics.median(times)
+  (state,), (seconds,) = time_steps_paired(
+      [(compiled, state, batch)], key, warmup=warmup, steps=steps
+  )
+  return state, seconds
 
 
 def time_steps_paired(runs, key, *, warmup: int, steps: int):

@@ -147,8 +147,6 @@ class DemoSession:
       raise DemoError("upload a video, or pick one with precomputed features")
     predictor_lib.check_raw_video_config(self.config)
     name = os.path.basename(video)
-    self._check_upload(video, name)
-    vid = _content_id(video)
     feat_root = self.cache_dir / "features"
 
     def stage_progress(stage: str, done: int, total: int) -> None:
@@ -156,6 +154,8 @@ class DemoSession:
       report(low + (high - low) * done / max(total, 1), f"{stage}: {done}/{total}")
 
     try:
+      self._check_upload(video, name)
+      vid = _content_id(video)
       duration = self.encoders.write_video_features(video, feat_root, vid, stage_progress)
     except predictor_lib.PredictError as e:  # name the user's file, not the upload's temp path
       raise DemoError(str(e).replace(str(video), name)) from None
@@ -173,10 +173,7 @@ class DemoSession:
       raise DemoError(
           f"{name}: {megabytes:.3g} MB; this server takes uploads up to {self.max_upload_mb:g} MB"
       )
-    try:
-      minutes = self.encoders.video_duration(video) / 60
-    except predictor_lib.PredictError as e:
-      raise DemoError(str(e).replace(str(video), name)) from None
+    minutes = self.encoders.video_duration(video) / 60  # an unreadable file: a PredictError
     if minutes > self.max_video_minutes:
       raise DemoError(
           f"{name}: {minutes:.3g} minutes long; this server takes videos up to "

@@ -46,6 +46,12 @@ def quiet_model_loading() -> None:
   transformers.utils.logging.disable_progress_bar()
 
 
+def _unreadable_video(video, error: Exception) -> PredictError:
+  """What FFmpeg could not read, in one line naming the file."""
+  reason = (str(error).splitlines() or [""])[0][:300]
+  return PredictError(f"{video}: unreadable video ({type(error).__name__}: {reason})")
+
+
 def _missing(flag: str, purpose: str) -> PredictError:
   return PredictError(f"{purpose} needs --{flag} (a checkpoint: hub id or directory)")
 
@@ -257,8 +263,7 @@ class Encoders:
       with ClipReader(video, self.config.data.clip_len, 1) as clips:
         return clips.duration
     except (av.FFmpegError, ValueError) as e:
-      reason = (str(e).splitlines() or [""])[0][:300]
-      raise PredictError(f"{video}: unreadable video ({type(e).__name__}: {reason})") from None
+      raise _unreadable_video(video, e) from None
 
   def write_video_features(
       self,
@@ -301,8 +306,7 @@ class Encoders:
               features = features.astype(slowfast_features.FEATURE_DTYPE)
             io_utils.save_npz(path, features=features)
       except (av.FFmpegError, ValueError) as e:
-        reason = (str(e).splitlines() or [""])[0][:300]
-        raise PredictError(f"{video}: unreadable video ({type(e).__name__}: {reason})") from None
+        raise _unreadable_video(video, e) from None
     if self.config.model.use_caption_context:
       self._write_captions(Path(video), root, vid, report)
     return duration

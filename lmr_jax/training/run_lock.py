@@ -134,19 +134,26 @@ def _busy(path: str, holder: dict | None) -> WorkdirBusyError:
   )
 
 
-def check_free(workdir: str) -> None:
-  """Raises WorkdirBusyError where a live process holds the lock of ``workdir``, so that a second
-  writer stops before its slow start; a stale lock is left for ``acquire`` to take over."""
-  path = os.path.join(workdir, LOCK_FILE)
-  found = _read(path) if jax.process_index() == 0 else None
+def _stale_lock(path: str) -> tuple[bytes, dict | None] | None:
+  """The lock at ``path`` (its bytes and holder) when its holder is gone, None when there is none;
+  raises WorkdirBusyError when a live process holds it."""
+  found = _read(path)
   if found is None:
-    return
+    return None
   try:
     age_s = time.time() - os.stat(path).st_mtime
   except FileNotFoundError:
-    return
+    return None
   if not _is_stale(found[1], age_s):
     raise _busy(path, found[1])
+  return found
+
+
+def check_free(workdir: str) -> None:
+  """Raises WorkdirBusyError where a live process holds the lock of ``workdir``, so that a second
+  writer stops before its slow start; a stale lock is left for ``acquire`` to take over."""
+  if jax.process_index() == 0:
+    _stale_lock(os.path.join(workdir, LOCK_FILE))
 
 
 def acquire(workdir: str, command: str) -> bytes:
@@ -165,18 +172,11 @@ def acquire(workdir: str, command: str) -> bytes:
   for _ in range(5):  # another process may take or drop the lock between our looks
     if _create(path, raw):
       return raw
-    found = _read(path)
-    if found is None:
-      continue
-    held_raw, holder = found
-    try:
-      age_s = time.time() - os.stat(path).st_mtime
-    except FileNotFoundError:
-      continue
-    if not _is_stale(holder, age_s):
-      raise _busy(path, holder)
-    if _remove_if(path, held_raw):
-      logging.warning("%s: taking over the lock left by %s, which is gone", path, describe(holder))
+    stale = _stale_lock(path)
+    if stale is not None and _remove_if(path, stale[0]):
+      logging.warning(
+          "%s: taking over the lock left by %s, which is gone", path, describe(stale[1])
+      )
   raise WorkdirBusyError(f"{path}: other processes keep taking the workdir's lock; try again")
 
 
