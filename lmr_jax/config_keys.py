@@ -34,6 +34,7 @@ DTYPES = ("float32", "bfloat16")  # model.dtype
 ATTENTION = ("auto", "chunked", "einsum")  # model.attention
 SCHEDULES = ("constant", "cosine")  # optim.schedule
 RESIDENT_DTYPES = ("float32", "bfloat16")  # data.resident_dtype
+EVAL_PROTOCOLS = ("lmr", "qd_detr")  # eval_protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +203,11 @@ KEYS: dict[str, Key] = {
     # data.clip_len, as QD-DETR's post-processing does before scoring
     # (lmr_jax/evaluation/predictions.py). The configs compared with the peers' numbers switch it on.
     "eval_round_to_clip": Key(False, RUN, BOOL),
+    # "qd_detr": eval and training eval reproduce QD-DETR's own evaluation pipeline (its batch-mixing
+    # T2V mask over the real queries of each eval batch, its post-processing and rounding, float16
+    # saliency), for checkpoints ported from QD-DETR (the port writes it); "lmr": ours
+    # (lmr_jax/evaluation/predictions.py, docs/evaluation.md).
+    "eval_protocol": Key("lmr", RUN, one_of(EVAL_PROTOCOLS), before_added="lmr"),
 }
 
 

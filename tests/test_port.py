@@ -50,6 +50,55 @@ def test_the_batch_mixing_mask_is_what_makes_parity_exact():
   assert error > 1e-4
 
 
+def _padded(batch, extra: int):
+  """``batch`` with ``extra`` padding rows (copies of row 0, masked out), as our last eval batch."""
+  padded = {k: np.concatenate([v] + [v[:1]] * extra) for k, v in batch.items()}
+  padded["example_mask"] = np.arange(len(padded["example_mask"])) < len(batch["example_mask"])
+  return padded
+
+
+def test_eval_protocol_qd_detr_gives_qd_detrs_outputs_on_a_padded_batch():
+  """eval_protocol="qd_detr" (the port's) mixes the T2V masks of the real rows only: padded past
+  them, as our last eval batch is, the batch still gives each query what QD-DETR computed for it in
+  a batch of just those queries (QD-DETR's last batch); mixing over the padded rows would not."""
+  import jax
+
+  from lmr_jax.training import state as state_lib
+
+  path = os.path.join(PARITY, "qddetr_parity_seed0.npz")
+  fixture = np.load(path)
+  config, params, batch = qd_detr.fixture_model(path, qd_detr_t2v_mask=False)
+  with config.unlocked():
+    config.eval_protocol = "qd_detr"
+  model = state_lib.build_model(config)
+  apply = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False))
+  num_real = len(batch["example_mask"])
+  ours = jax.device_get(apply(params, _padded(batch, 2)))
+  for key, theirs in (("saliency", "saliency_scores"), ("pred_spans", "pred_spans")):
+    np.testing.assert_allclose(
+        ours[key][:, :num_real] if key == "pred_spans" else ours[key][:num_real],
+        fixture[f"output/{theirs}"],
+        rtol=0,
+        atol=1e-4,
+        err_msg=key,
+    )
+  every_row = _padded(batch, 2)
+  every_row["example_mask"][:] = True  # the padding rows join the mixing
+  mixed = jax.device_get(apply(params, every_row))
+  error = np.abs(mixed["saliency"][:num_real] - fixture["output/saliency_scores"]).max()
+  assert error > 1e-4
+
+
+def test_the_port_writes_qd_detrs_evaluation_protocol(tmp_path):
+  path = str(tmp_path / "model_best.ckpt")
+  _qd_detr_checkpoint(path, 34, 24, eval_bsz=50)
+  config = qd_detr.port_checkpoint(path, str(tmp_path / "port"), visual_dims=(16, 16))
+  saved = checkpoint_lib.load_config(str(tmp_path / "port"))
+  assert config.eval_protocol == saved.eval_protocol == "qd_detr"
+  assert saved.eval_batch_size == 50
+  assert not saved.model.qd_detr_t2v_mask  # training from the port keeps per-row masks
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
   assert qd_detr.main([str(tmp_path / "missing.npz"), "--outputs", str(tmp_path / "o.npz")]) == 1
   err = capsys.readouterr().err

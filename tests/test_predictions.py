@@ -1,10 +1,14 @@
 """Model outputs -> submission records: windows in seconds, best first, and QD-DETR's rounding of
-window ends to multiples of the clip length (config.eval_round_to_clip)."""
+window ends to multiples of the clip length (config.eval_round_to_clip); and the records of
+eval_protocol="qd_detr" against what QD-DETR's own evaluation code wrote for the same outputs."""
+
+import json
+import os
 
 import ml_collections
 import numpy as np
-import pytest
 
+from conftest import FIXTURES
 from configs import base, charades, qvh, tiny
 from lmr_jax.data.annotations import QueryAnnotation
 from lmr_jax.evaluation import predictions
@@ -95,3 +99,59 @@ def test_clip_rounding_follows_the_config():
   # the config.json of a workdir trained before the switch existed
   old = ml_collections.ConfigDict({"data": {"clip_len": 2.0}})
   assert predictions.clip_rounding(old) is None
+
+
+def _qd_detr_fixture():
+  """Outputs and QD-DETR's records for them (tests/fixtures/qd_detr_eval/ATTRIBUTION.md)."""
+  with open(os.path.join(FIXTURES, "qd_detr_eval", "postprocessing.json")) as f:
+    fixture = json.load(f)
+  meta = fixture["meta"]
+  num_rows = len(meta)
+  lengths = np.asarray(fixture["video_lengths"])
+  saliency = np.asarray(fixture["saliency"], np.float32)
+  outputs = {
+      "spans": np.asarray(fixture["spans"], np.float32),
+      "scores": np.asarray(fixture["scores"], np.float32),
+      "saliency": saliency,
+  }
+  batch = {  # one padding row more than QD-DETR's batch, as our last eval batch has
+      "example_mask": np.arange(num_rows + 1) < num_rows,
+      "qid": np.array([m["qid"] for m in meta] + [0]),
+      "duration": np.array([m["duration"] for m in meta] + [1], np.float32),
+      "video_mask": np.arange(saliency.shape[1])[None] < np.append(lengths, 1)[:, None],
+  }
+  for key in ("spans", "scores", "saliency"):
+    outputs[key] = np.concatenate([outputs[key], outputs[key][:1]])
+  annotations = {
+      m["qid"]: QueryAnnotation(m["qid"], m["query"], m["vid"], m["duration"], (), (), (), "t:1")
+      for m in meta
+  }
+  return outputs, batch, annotations, fixture["records"]
+
+
+def test_qd_detr_records_are_what_qd_detrs_evaluation_wrote():
+  """Windows past the duration or 150 s, ends its 4 decimals move onto a rounding tie, tied scores, a
+  non-integer duration, float16 saliency: the records equal QD-DETR's to the last bit."""
+  outputs, batch, annotations, expected = _qd_detr_fixture()
+  ours = predictions.qd_detr_records(outputs, batch, annotations)
+  assert ours == expected
+
+
+def test_our_records_differ_from_qd_detrs_where_the_fixture_says():
+  """The fixture tells the two protocols apart: ours cuts windows at the duration, keeps float32
+  saliency and rounds unrounded seconds, so its records are not QD-DETR's."""
+  outputs, batch, annotations, expected = _qd_detr_fixture()
+  ours = predictions.to_submission_records(outputs, batch, annotations, 2.0)
+  by_qid = {r["qid"]: r for r in ours}
+  row1 = by_qid[expected[1]["qid"]]["pred_relevant_windows"]
+  assert max(w[1] for w in row1) <= 126 < max(w[1] for w in expected[1]["pred_relevant_windows"])
+  assert all(r["pred_saliency_scores"] != e["pred_saliency_scores"] for r, e in zip(ours, expected))
+
+
+def test_records_follow_the_eval_protocol():
+  config = qvh.get_config("qd_detr")
+  outputs, batch, annotations, expected = _qd_detr_fixture()
+  assert predictions.records_for(config)(outputs, batch, annotations) != expected
+  with config.unlocked():
+    config.eval_protocol = "qd_detr"
+  assert predictions.records_for(config)(outputs, batch, annotations) == expected

@@ -160,8 +160,22 @@ def _check_request(config, workdir: str, split: str, output_dir: str, *, plots: 
     )
   if os.path.exists(os.path.join(workdir, checkpoint_lib.CONFIG_FILE)):
     workdir_lib.check_matches(config, workdir, "eval.py")
+    _note_protocol(config, workdir)
   inputs = [files[split], os.path.join(workdir, "metrics.jsonl")]
   fileio.check_output_dir(output_dir, inputs, OUTPUT_NAMES)
+
+
+def _note_protocol(config, workdir: str) -> None:
+  """A ported QD-DETR workdir evaluates as QD-DETR does; say so when ``config`` evaluates otherwise
+  (a --config file does not carry the workdir's eval_protocol)."""
+  saved = checkpoint_lib.load_config(workdir)
+  keys = ("eval_protocol", "eval_batch_size")
+  if saved.eval_protocol == "qd_detr" and any(config.get(k) != saved.get(k) for k in keys):
+    print(
+        f"note: {workdir}/config.json evaluates as QD-DETR does (eval_protocol='qd_detr', "
+        f"eval_batch_size={saved.eval_batch_size}); this evaluation uses "
+        f"eval_protocol={config.eval_protocol!r}, eval_batch_size={config.eval_batch_size}"
+    )
 
 
 def _check_options(config, source: ExampleSource, cqval: bool, split: str) -> None:

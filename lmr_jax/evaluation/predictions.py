@@ -4,6 +4,10 @@ With ``config.eval_round_to_clip`` the windows get QD-DETR's post-processing (it
 ``PostProcessorDETR(process_func_names=("clip_ts", "round_multiple"))``, run on every prediction
 before scoring): clipped to the video, then each end rounded to the nearest multiple of the clip
 length. The peers' published numbers are scored on windows rounded this way.
+
+``config.eval_protocol="qd_detr"`` writes the records as QD-DETR's own evaluation does instead
+(``qd_detr_records``), for checkpoints ported from it: every step in its float32 arithmetic and
+its rounding, so a ported checkpoint scores what QD-DETR printed (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -81,3 +85,67 @@ def to_submission_records(
         }
     )
   return records
+
+
+# QD-DETR's inference.py post-processes every prediction with PostProcessorDETR(clip_length=2,
+# max_ts_val=150, process_func_names=("clip_ts", "round_multiple")), whatever the dataset.
+QD_DETR_CLIP_SECONDS = np.float32(2)
+QD_DETR_MAX_SECONDS = np.float32(150)
+
+
+def _four_decimals(x) -> float:
+  """A number as QD-DETR writes it: ``float(f"{x:.4f}")`` of its double value."""
+  return float(f"{float(x):.4f}")
+
+
+def qd_detr_records(
+    outputs: dict[str, np.ndarray],
+    batch: dict[str, np.ndarray],
+    annotations_by_qid: dict[int, QueryAnnotation],
+) -> list[dict]:
+  """One record per real row, as QD-DETR's ``compute_mr_results`` and ``PostProcessorDETR`` write it.
+
+  In its order and float32 arithmetic: (center, width) -> (start, end) times the annotation's
+  duration, not cut to the video; rows sorted by the full-precision score (stable); every number
+  written with 4 decimals; then the windows read back as float32, clamped to [0, 150] s (not to
+  the duration) and rounded to multiples of 2 s (ties to even); saliency as float16 (its
+  ``.half()``), which rounds and can tie clips.
+  """
+  f32 = np.float32
+  records = []
+  for row in np.flatnonzero(batch["example_mask"]):
+    ann = annotations_by_qid[int(batch["qid"][row])]
+    center, width = outputs["spans"][row, :, 0].astype(f32), outputs["spans"][row, :, 1].astype(f32)
+    windows = np.stack([center - f32(0.5) * width, center + f32(0.5) * width], 1) * f32(
+        ann.duration
+    )
+    scores = outputs["scores"][row].astype(f32)
+    order = np.argsort(-scores, kind="stable")
+    written = np.asarray(
+        [[_four_decimals(x) for x in (*windows[i], scores[i])] for i in order], f32
+    )
+    ends = np.clip(written[:, :2], f32(0), QD_DETR_MAX_SECONDS)
+    ends = np.round(ends / QD_DETR_CLIP_SECONDS) * QD_DETR_CLIP_SECONDS
+    num_clips = int(batch["video_mask"][row].sum())
+    saliency = outputs["saliency"][row, :num_clips].astype(f32).astype(np.float16)
+    records.append(
+        {
+            "qid": ann.qid,
+            "query": ann.query,
+            "vid": ann.vid,
+            "pred_relevant_windows": [
+                [float(start), float(end), _four_decimals(score)]
+                for (start, end), score in zip(ends, written[:, 2])
+            ],
+            "pred_saliency_scores": [float(s) for s in saliency],
+        }
+    )
+  return records
+
+
+def records_for(config: ml_collections.ConfigDict):
+  """``(outputs, batch, annotations_by_qid) -> records`` as ``config.eval_protocol`` says."""
+  if config.get("eval_protocol", "lmr") == "qd_detr":
+    return qd_detr_records
+  round_to = clip_rounding(config)
+  return lambda outputs, batch, by_qid: to_submission_records(outputs, batch, by_qid, round_to)

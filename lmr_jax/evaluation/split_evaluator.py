@@ -19,9 +19,10 @@ def split_records(
     eval_step, params, source: ExampleSource, config: ml_collections.ConfigDict, *, mesh
 ) -> list[dict]:
   """Submission records for every query of ``source`` (each process runs its share of the rows;
-  every process gets all records), windows rounded as ``config.eval_round_to_clip`` says."""
+  every process gets all records), written as ``config.eval_protocol`` says (windows rounded as
+  ``config.eval_round_to_clip`` says in ours)."""
   annotations_by_qid = {a.qid: a for a in source.annotations}
-  round_to = predictions.clip_rounding(config)
+  to_records = predictions.records_for(config)
   rows = parallel.batch_sharding(mesh)
   records = []
   batches = pipeline.eval_batches(
@@ -31,9 +32,7 @@ def split_records(
   with metric_log.progress_bar(num_batches, 0, "eval") as bar:
     for batch in batches:
       outputs = parallel.to_host(eval_step(params, parallel.global_batch(rows, batch)))
-      records += predictions.to_submission_records(
-          outputs, parallel.to_host(batch), annotations_by_qid, round_to
-      )
+      records += to_records(outputs, parallel.to_host(batch), annotations_by_qid)
       bar.update()
   return records
 

@@ -201,7 +201,11 @@ class Predictor:
     self.config = config
     self.params = params
     self.step = step
-    self._eval_step = train_step_lib.jit_eval_step(state_lib.build_model(config))
+    # Ours whatever the workdir's eval_protocol: a query's prediction never depends on the others
+    # predicted with it (QD-DETR's evaluation mixes the batch's rows).
+    self._eval_step = train_step_lib.jit_eval_step(
+        state_lib.build_model(config, eval_protocol=False)
+    )
 
   @classmethod
   def from_workdir(

@@ -64,6 +64,9 @@ class VideoQueryFusion(nn.Module):
 
 class LMR(nn.Module):
   config: ml_collections.ConfigDict  # config.model
+  # config.eval_protocol == "qd_detr": at evaluation, QD-DETR's batch-mixing T2V mask over the real
+  # rows of the batch (ops.qd_detr_t2v_mask), as its own evaluation computes a ported checkpoint.
+  qd_detr_eval: bool = False
 
   def setup(self):
     cfg = self.config
@@ -114,7 +117,7 @@ class LMR(nn.Module):
     self.span_head = layers.MLP(d, 2, 3, dtype=dt)
     self.class_head = nn.Dense(2, dtype=dt)  # 0: moment (foreground), 1: background
 
-  def encode(self, streams, video_mask_BxL, *, train: bool, group_size: int):
+  def encode(self, streams, video_mask_BxL, *, train: bool, group_size, mix_t2v_masks: bool):
     """VQF + video context modeling over ``streams`` = [(context_BxLxD, lang_BxTxD, lang_mask_BxT,
     vqf)]; returns (the decoder's memory: F_m's x_v or [x_v; x_t] as ``model.decoder_memory`` says,
     its mask, its positions, saliency_BxL).
@@ -135,7 +138,7 @@ class LMR(nn.Module):
     tokens = []
     for context, lang, lang_mask, vqf in streams:
       if cfg.use_vqf:
-        if cfg.qd_detr_t2v_mask:
+        if mix_t2v_masks:
           mask = ops.qd_detr_t2v_mask(video_mask_BxL, lang_mask, cfg.num_heads, group_size)
         else:
           mask = ops.key_mask(lang_mask, num_clips)
@@ -179,6 +182,11 @@ class LMR(nn.Module):
     if with_negatives is None:
       # A batch of one has no other query (QD-DETR would pair it with itself).
       with_negatives = train and batch_size > 1
+    mix_t2v_masks = cfg.qd_detr_t2v_mask or (self.qd_detr_eval and not train)
+    group_size = batch_size
+    if mix_t2v_masks and not train and "example_mask" in batch:
+      # QD-DETR's last evaluation batch holds only the queries left; ours is padded to full size.
+      group_size = jnp.sum(batch["example_mask"].astype(jnp.int32))
     query = self.query_proj(batch["query_feats"], train=train)
     streams = []
     if cfg.use_visual:
@@ -212,7 +220,11 @@ class LMR(nn.Module):
           for c, q, m, vqf in streams
       ]
       memory, memory_mask, memory_pos, saliency = self.encode(
-          streams, both(video_mask), train=train, group_size=batch_size
+          streams,
+          both(video_mask),
+          train=train,
+          group_size=group_size,
+          mix_t2v_masks=mix_t2v_masks,
       )
       memory, memory_mask, memory_pos = (
           memory[:batch_size],
@@ -222,7 +234,7 @@ class LMR(nn.Module):
       saliency, outputs["saliency_neg"] = saliency[:batch_size], saliency[batch_size:]
     else:
       memory, memory_mask, memory_pos, saliency = self.encode(
-          streams, video_mask, train=train, group_size=batch_size
+          streams, video_mask, train=train, group_size=group_size, mix_t2v_masks=mix_t2v_masks
       )
     outputs["saliency"] = saliency  # (B, L)
 

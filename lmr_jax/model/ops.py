@@ -128,21 +128,27 @@ def key_mask(k_mask_BxK: jnp.ndarray, num_queries: int) -> jnp.ndarray:
   )
 
 
-def qd_detr_t2v_mask(context_mask_BxL, lang_mask_BxT, num_heads: int, group_size: int):
+def qd_detr_t2v_mask(context_mask_BxL, lang_mask_BxT, num_heads: int, group_size):
   """The (B, heads, L, T) mask QD-DETR's T2V attention really applies, for exact parity only.
 
   QD-DETR builds a (B, L, T) mask of (padded clip, padded token) pairs and tiles it with
   ``repeat(nhead, 1, 1)``, but torch reads a 3-D mask as (B * nhead) rows in batch-major order, so head
   h of example b gets the mask of example (b * nhead + h) mod B: an example's outputs depend on the
   padding of the other examples in its batch. ``group_size`` is the batch QD-DETR ran (B; the
-  negative pass is a second batch of B). Off by default (``model.qd_detr_t2v_mask``): a prediction
-  should not depend on its batch; the parity check turns it on.
+  negative pass is a second batch of B; at evaluation the real rows of a padded batch, QD-DETR's last
+  batch holding only the queries left), a Python int or a traced scalar; rows past the last whole
+  group are padding and read the last row. Off by default (``model.qd_detr_t2v_mask``): a prediction
+  should not depend on its batch; the parity check and ``eval_protocol="qd_detr"`` turn it on.
   """
-  rows = np.arange(context_mask_BxL.shape[0])
+  context_mask_BxL, lang_mask_BxT = jnp.asarray(context_mask_BxL), jnp.asarray(lang_mask_BxT)
+  num_rows = context_mask_BxL.shape[0]
+  group_size = jnp.maximum(group_size, 1)  # an all-padding batch (a process with no rows left)
+  rows = jnp.arange(num_rows)
   group, b = rows // group_size, rows % group_size
   src_BxH = (
-      group[:, None] * group_size + (b[:, None] * num_heads + np.arange(num_heads)) % group_size
+      group[:, None] * group_size + (b[:, None] * num_heads + jnp.arange(num_heads)) % group_size
   )
+  src_BxH = jnp.minimum(src_BxH, num_rows - 1)
   blocked = (~context_mask_BxL)[src_BxH][..., :, None] & (~lang_mask_BxT)[src_BxH][..., None, :]
   return lang_mask_BxT[:, None, None, :] & ~blocked
 

@@ -1,13 +1,19 @@
 r"""QD-DETR weights -> LMR's QD-DETR base (configs/qvh.py:qd_detr), and the parity check against QD-DETR.
 
   python -m lmr_jax.port.qd_detr --checkpoint model_best.ckpt --workdir workdir/qd_detr_port
-  python eval.py --config=configs/qvh.py:qd_detr --workdir workdir/qd_detr_port   # or predict.py
+  python eval.py --workdir workdir/qd_detr_port    # QD-DETR's evaluation; or predict.py
+  python eval.py --workdir workdir/qd_detr_port --config=configs/qvh.py:qd_detr \
+      --config.eval_protocol=qd_detr --config.eval_batch_size=100  # the same, with --config.x overrides
   python -m lmr_jax.port.qd_detr FIXTURE.npz --outputs OUT.npz
 
 The first form reads a QD-DETR training checkpoint (a torch file with "model", its state_dict, and "opt",
 its argparse options; torch is imported only here, and loads it with ``weights_only=True``: tensors,
-containers, numbers, strings and ``argparse.Namespace``, nothing that could run code) and writes an orbax checkpoint plus config.json into
-the workdir, as train.py would. The second reads a parity fixture made by QD-DETR's own code (layout in
+containers, numbers, strings and ``argparse.Namespace``, nothing that could run code) and writes an
+orbax checkpoint plus config.json into the workdir, as train.py would. That config evaluates as
+QD-DETR's own pipeline does (``eval_protocol="qd_detr"``, batches of its ``eval_bsz``), so eval.py
+scores what QD-DETR printed for the checkpoint; ``--config.eval_protocol=lmr`` gives our evaluation
+(docs/evaluation.md). ``python -m lmr_jax.port.compare_qd_detr`` checks the two against QD-DETR's
+own training and inference. The second reads a parity fixture made by QD-DETR's own code (layout in
 docs/fidelity.md), runs our model in evaluation mode on its inputs and our losses on its targets,
 and writes the same keys (output/*, loss/*) for comparison.
 
@@ -228,17 +234,9 @@ LOSS_NAMES = {"span_l1": "loss_span", "span_giou": "loss_giou", "label": "loss_l
 SALIENCY_PARTS = ("saliency_hinge", "saliency_rank_contrastive", "saliency_inter_video")
 
 
-def run_fixture(path: str, qd_detr_t2v_mask: bool = True) -> dict[str, np.ndarray]:
-  """Our eval-mode outputs and loss terms on a QD-DETR parity fixture, under the fixture's names.
-
-  ``qd_detr_t2v_mask``: reproduce QD-DETR's batch-mixing T2V mask (ops.qd_detr_t2v_mask), which
-  its outputs carry; off, queries with differently padded batch-mates come out slightly different.
-  """
-  import jax  # noqa: PLC0415
-
-  from lmr_jax.losses import losses  # noqa: PLC0415
-  from lmr_jax.training import state as state_lib  # noqa: PLC0415
-
+def fixture_model(path: str, qd_detr_t2v_mask: bool = True):
+  """(config, params, batch) of a QD-DETR parity fixture: our model at its dimensions with its
+  weights, and its inputs and targets as our batch."""
   fixture = _read_npz(path)
   try:
     dims = {k.split("/", 1)[1]: int(fixture[k]) for k in fixture if k.startswith("config/")}
@@ -258,7 +256,21 @@ def run_fixture(path: str, qd_detr_t2v_mask: bool = True) -> dict[str, np.ndarra
     config.data.visual_dims = (batch["video_feats"].shape[-1],)
     config.data.visual_streams = ("video_features",)
     config.model.qd_detr_t2v_mask = qd_detr_t2v_mask
-  params = _check_params(convert_state_dict(state_dict), config, path)
+  return config, _check_params(convert_state_dict(state_dict), config, path), batch
+
+
+def run_fixture(path: str, qd_detr_t2v_mask: bool = True) -> dict[str, np.ndarray]:
+  """Our eval-mode outputs and loss terms on a QD-DETR parity fixture, under the fixture's names.
+
+  ``qd_detr_t2v_mask``: reproduce QD-DETR's batch-mixing T2V mask (ops.qd_detr_t2v_mask), which
+  its outputs carry; off, queries with differently padded batch-mates come out slightly different.
+  """
+  import jax  # noqa: PLC0415
+
+  from lmr_jax.losses import losses  # noqa: PLC0415
+  from lmr_jax.training import state as state_lib  # noqa: PLC0415
+
+  config, params, batch = fixture_model(path, qd_detr_t2v_mask)
   model = state_lib.build_model(config)
 
   @jax.jit
@@ -389,6 +401,11 @@ def config_from_options(opt: dict, source: str, visual_dims: tuple[int, ...] | N
     config.optim.learning_rate = float(opt.get("lr", config.optim.learning_rate))
     config.optim.weight_decay = float(opt.get("wd", config.optim.weight_decay))
     config.batch_size = int(opt.get("bsz", config.batch_size))
+    # eval.py and training evaluation on this workdir follow QD-DETR's own evaluation (its batches
+    # of eval_bsz, its T2V mask, post-processing and rounding), so the port scores what QD-DETR
+    # printed; --config.eval_protocol=lmr gives ours.
+    config.eval_protocol = "qd_detr"
+    config.eval_batch_size = int(opt.get("eval_bsz", 100))
   return config
 
 

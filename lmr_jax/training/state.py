@@ -18,8 +18,11 @@ from lmr_jax.training import train_step as train_step_lib
 ElementSpec = dict[str, tuple[tuple[int, ...], np.dtype]]  # ExampleSource.element_spec()
 
 
-def build_model(config: ml_collections.ConfigDict) -> LMR:
-  return LMR(config.model)
+def build_model(config: ml_collections.ConfigDict, *, eval_protocol: bool = True) -> LMR:
+  """The model of ``config``; its evaluation follows ``config.eval_protocol`` unless
+  ``eval_protocol`` is False (predict.py: a prediction never depends on the other queries)."""
+  qd_detr_eval = eval_protocol and config.get("eval_protocol", "lmr") == "qd_detr"
+  return LMR(config.model, qd_detr_eval=qd_detr_eval)
 
 
 def zeros_batch(element_spec: ElementSpec, batch_size: int, xp=np) -> dict[str, np.ndarray]:
