@@ -140,16 +140,22 @@ def test_quieting_orbax_twice_adds_one_filter():
 
 
 def test_config_of_a_run_saved_before_a_key_existed_gets_the_value_it_trained_with(tmp_path):
-  """A config.json written before ``model.decoder_memory`` and ``model.clip_positions`` existed loads
-  with the values those runs trained with, so eval.py, resuming and the probe read it as it was."""
+  """A config.json written before ``model.decoder_memory``, ``model.clip_positions`` and
+  ``eval_protocol`` existed loads with the values those runs trained (and were scored) with, so
+  eval.py, resuming and the probe read it as it was."""
   config = synthetic_config.get_config("")
   saved = json.loads(config.to_json_best_effort())
   for key in checkpoint_lib.KEYS_BEFORE_ADDED:
-    del saved["model"][key.split(".")[1]]
+    *parents, name = key.split(".")
+    node = saved
+    for part in parents:
+      node = node[part]
+    del node[name]
   (tmp_path / checkpoint_lib.CONFIG_FILE).write_text(json.dumps(saved))
   loaded = checkpoint_lib.load_config(str(tmp_path))
   assert loaded.model.decoder_memory == "video_and_captions"
   assert loaded.model.clip_positions == "normalized"
+  assert loaded.eval_protocol == "lmr"
   assert loaded.model.saliency_tokens == "video"
   # The default is the paper's Eq. 5; `:sum` is the named extension. Variants combine: model
   # switches and the data's scene strength, which names the data folder.

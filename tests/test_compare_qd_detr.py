@@ -69,27 +69,23 @@ def _record(qid, windows, saliency):
   }
 
 
+def _write(path, *records):
+  path.write_text("\n".join(json.dumps(r) for r in records))
+  return str(path)
+
+
 def test_compares_submissions_and_metrics(tmp_path):
-  theirs, ours = tmp_path / "theirs.jsonl", tmp_path / "ours.jsonl"
-  theirs.write_text(
-      "\n".join(
-          json.dumps(r)
-          for r in (
-              _record(1, [[0, 4, 0.9], [2, 6, 0.5]], [0.5, 0.25]),
-              _record(2, [[0, 2, 0.8], [4, 8, 0.7]], [1.0, 0.0]),
-          )
-      )
+  theirs = _write(
+      tmp_path / "theirs.jsonl",
+      _record(1, [[0, 4, 0.9], [2, 6, 0.5]], [0.5, 0.25]),
+      _record(2, [[0, 2, 0.8], [4, 8, 0.7]], [1.0, 0.0]),
   )
-  ours.write_text(
-      "\n".join(
-          json.dumps(r)
-          for r in (
-              _record(2, [[0, 2, 0.8], [4, 8, 0.7001]], [1.0, 0.0]),
-              _record(1, [[2, 6, 0.9], [0, 4, 0.5]], [0.5, 0.2578125]),
-          )
-      )
+  ours = _write(
+      tmp_path / "ours.jsonl",
+      _record(2, [[0, 2, 0.8], [4, 8, 0.7001]], [1.0, 0.0]),
+      _record(1, [[2, 6, 0.9], [0, 4, 0.5]], [0.5, 0.2578125]),
   )
-  result = compare.compare_submissions(str(theirs), str(ours))
+  result = compare.compare_submissions(theirs, ours)
   assert result["same"] == {"windows": 1, "top1_window": 1, "scores": 1, "saliency": 1}
   assert result["max_abs_diff"]["score"] == pytest.approx(1e-4)
   assert result["max_abs_diff"]["saliency"] == pytest.approx(0.0078125)
@@ -98,9 +94,9 @@ def test_compares_submissions_and_metrics(tmp_path):
   report = {"protocols": {p: {"metrics": metrics, "queries": result} for p in compare.PROTOCOLS}}
   table = compare.report_markdown(report)
   assert "| b | 2.00 | 2.50 | 2.50 |" in table and "windows equal 1 (top-1 1)" in table
-  (tmp_path / "short.jsonl").write_text(json.dumps(_record(1, [[0, 4, 0.9]], [0.5])))
+  short = _write(tmp_path / "short.jsonl", _record(1, [[0, 4, 0.9]], [0.5]))
   with pytest.raises(compare.CompareError, match="not the queries of"):
-    compare.compare_submissions(str(theirs), str(tmp_path / "short.jsonl"))
+    compare.compare_submissions(theirs, short)
 
 
 def test_train_arguments_are_qd_detrs_qvhighlights_script_on_the_cpu():

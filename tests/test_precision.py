@@ -9,7 +9,6 @@ import pytest
 from conftest import tiny_config, train_on_one_batch
 from lmr_jax.data.position import DataPosition
 from lmr_jax.training import checkpoint as checkpoint_lib
-from lmr_jax.training import parallel
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
 
@@ -35,18 +34,9 @@ def test_bfloat16_run_trains_and_restores_in_float32(tiny_data_root, tmp_path):
   checkpointer.close()
   fp32 = config.copy_and_resolve_references()
   fp32.model.dtype = "float32"
-  checkpointer = state_lib.open_checkpointer(fp32, workdir, "latest")
-  try:
-    params, restored_step = state_lib.restore_params(
-        fp32,
-        state_lib.build_model(fp32),
-        checkpointer,
-        "latest",
-        element_spec=source.element_spec(),
-        mesh=parallel.make_mesh(1),
-    )
-  finally:
-    checkpointer.close()
+  params, restored_step = state_lib.restore_on_one_device(
+      fp32, workdir, "latest", source.element_spec()
+  )
   assert restored_step == 8
   for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
     assert got.dtype == jnp.float32

@@ -36,7 +36,6 @@ from lmr_jax.errors import LmrError
 from lmr_jax.evaluation import predictions
 from lmr_jax.losses import span_ops
 from lmr_jax.training import checkpoint as checkpoint_lib
-from lmr_jax.training import parallel
 from lmr_jax.training import state as state_lib
 from lmr_jax.training import train_step as train_step_lib
 
@@ -215,20 +214,11 @@ class Predictor:
     is the config unless ``config`` (already loaded from it) is given."""
     config = config or load_workdir_config(workdir)
     checkpoint = str(checkpoint)
-    checkpointer = state_lib.open_checkpointer(config, workdir, checkpoint)
-    try:
-      blank = _example(config, _blank_video(config), 0, _blank_query(config))
-      # One device: a call predicts a few windows, and any saved layout restores onto one.
-      params, step = state_lib.restore_params(
-          config,
-          state_lib.build_model(config),
-          checkpointer,
-          checkpoint,
-          element_spec=examples_lib.element_spec(blank),
-          mesh=parallel.make_mesh(1),
-      )
-    finally:
-      checkpointer.close()
+    blank = _example(config, _blank_video(config), 0, _blank_query(config))
+    # One device: a call predicts a few windows.
+    params, step = state_lib.restore_on_one_device(
+        config, workdir, checkpoint, examples_lib.element_spec(blank)
+    )
     return cls(config, params, step)
 
   def predict(

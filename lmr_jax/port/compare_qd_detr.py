@@ -182,25 +182,14 @@ def attribute_differences(port_dir: str, data: Data) -> dict[str, dict]:
 
   from lmr_jax.data import dataset, pipeline  # noqa: PLC0415
   from lmr_jax.evaluation import evaluators, predictions  # noqa: PLC0415
-  from lmr_jax.training import parallel, train_step  # noqa: PLC0415
+  from lmr_jax.training import train_step  # noqa: PLC0415
   from lmr_jax.training import state as state_lib  # noqa: PLC0415
 
   config = port_config(port_dir, data, "qd_detr")
   to_records = {p: predictions.records_for(port_config(port_dir, data, p)) for p in PROTOCOLS}
   source = dataset.example_source(config.data, "val", with_captions=False, training=False)
   by_qid = {a.qid: a for a in source.annotations}
-  checkpointer = state_lib.open_checkpointer(config, port_dir, "best")
-  try:
-    params, _ = state_lib.restore_params(
-        config,
-        state_lib.build_model(config),
-        checkpointer,
-        "best",
-        element_spec=source.element_spec(),
-        mesh=parallel.make_mesh(1),
-    )
-  finally:
-    checkpointer.close()
+  params, _ = state_lib.restore_on_one_device(config, port_dir, "best", source.element_spec())
   results = {}
   for masks, mixed in (("mixed", True), ("per_row", False)):
     step = train_step.jit_eval_step(state_lib.build_model(config, eval_protocol=mixed))

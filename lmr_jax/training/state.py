@@ -74,3 +74,20 @@ def restore_params(
   abstract_state, _ = sharded_state_layout(config, model, tx, mesh, batch=batch)
   state, _ = checkpointer.restore(which, abstract_state)
   return state.params, int(state.step)
+
+
+def restore_on_one_device(config, workdir: str, which: str, element_spec: ElementSpec):
+  """(params, step) of checkpoint ``which`` of ``workdir`` on one device, for reading a trained
+  model (predict, the QD-DETR comparison): any saved layout restores onto one."""
+  checkpointer = open_checkpointer(config, workdir, which)
+  try:
+    return restore_params(
+        config,
+        build_model(config),
+        checkpointer,
+        which,
+        element_spec=element_spec,
+        mesh=parallel.make_mesh(1),
+    )
+  finally:
+    checkpointer.close()
