@@ -56,6 +56,9 @@ def test_refuses_what_is_not_a_checkout_or_lacks_its_imports(tmp_path, capsys):
     compare.check_checkout(root, str(fake_python))
   assert compare.main(["--workdir", str(tmp_path / "w")]) == 2
   assert "--qd_detr_root and --workdir are required" in capsys.readouterr().err
+  argv = ["--qd_detr_root", root, "--workdir", str(tmp_path / "w"), "--epochs", "3"]
+  assert compare.main(argv) == 2
+  assert "QD-DETR evaluates every 5 epochs" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "w")
 
 

@@ -307,6 +307,8 @@ def _define_flags(flag_values) -> None:
 def _compare(args) -> int:
   if not args.qd_detr_root or not args.workdir:
     raise cli.UsageError("--qd_detr_root and --workdir are required")
+  if args.epochs < 5:  # its train.py evaluates, and keeps a best checkpoint, every 5 epochs
+    raise cli.UsageError(f"--epochs {args.epochs}: QD-DETR evaluates every 5 epochs; give >= 5")
   root = os.path.abspath(args.qd_detr_root)
   check_checkout(root, args.qd_detr_python)
   workdir = os.path.abspath(args.workdir)
