@@ -10,8 +10,9 @@ The data (lmr_jax/data/synthetic.py) is written to data/synthetic on first use (
 for the other data variants). Only the captions tell a query's target from its look-alikes.
 Numbers (docs/synthetic_benchmark.md, 2-core CPU, 15 epochs, about 14 minutes of training, val R1@0.5):
 on the default data, where the visual features carry no scene, the paper's model stays at look-alike
-chance (40.67; still chance after 60 epochs), as does the model without captions (39.83); the `:sum`
-extension reaches 98.89 (test 98.86). With the scene in the visual features at 0.3, the paper's model
+chance (40.67; still chance after 60 epochs; with DETR's raw-index positions,
+``--config.model.clip_positions=index``, it leaves chance at epoch 25-30 and reaches 97.77), as does
+the model without captions (39.83); the `:sum` extension reaches 98.89 (test 98.86). With the scene in the visual features at 0.3, the paper's model
 reaches 96.66 and the model without captions 96.66.
 
 The variant after the colon is a comma-separated list (``:sum,scene=0.3``):
