@@ -159,16 +159,14 @@ def _check_request(config, workdir: str, split: str, output_dir: str, *, plots: 
         f"(has {sorted(k for k, v in files.items() if v)})"
     )
   if os.path.exists(os.path.join(workdir, checkpoint_lib.CONFIG_FILE)):
-    workdir_lib.check_matches(config, workdir, "eval.py")
-    _note_protocol(config, workdir)
+    _note_protocol(config, workdir_lib.check_matches(config, workdir, "eval.py"), workdir)
   inputs = [files[split], os.path.join(workdir, "metrics.jsonl")]
   fileio.check_output_dir(output_dir, inputs, OUTPUT_NAMES)
 
 
-def _note_protocol(config, workdir: str) -> None:
-  """A ported QD-DETR workdir evaluates as QD-DETR does; say so when ``config`` evaluates otherwise
-  (a --config file does not carry the workdir's eval_protocol)."""
-  saved = checkpoint_lib.load_config(workdir)
+def _note_protocol(config, saved, workdir: str) -> None:
+  """A ported QD-DETR workdir (``saved``: its config.json) evaluates as QD-DETR does; say so when
+  ``config`` evaluates otherwise (a --config file does not carry the workdir's eval_protocol)."""
   keys = ("eval_protocol", "eval_batch_size")
   if saved.eval_protocol == "qd_detr" and any(config.get(k) != saved.get(k) for k in keys):
     print(

@@ -239,30 +239,36 @@ def compare_metrics(theirs: dict, ours: dict) -> dict[str, dict]:
   }
 
 
-def report_markdown(report: dict) -> str:
-  """The comparison as a markdown table (metrics) and lines (per query)."""
-  lines = ["| metric | QD-DETR | " + " | ".join(f"port, {p}" for p in PROTOCOLS) + " |"]
-  lines.append("|---|---|" + "---|" * len(PROTOCOLS))
-  for name, row in report["protocols"][PROTOCOLS[0]]["metrics"].items():
-    cells = [f"{report['protocols'][p]['metrics'][name]['ours']:.2f}" for p in PROTOCOLS]
+def _metric_table(metrics: dict[str, dict], columns: dict[str, dict[str, float]]) -> list[str]:
+  """Markdown rows: each of QD-DETR's brief ``metrics`` (``compare_metrics``), its value, then
+  each column's."""
+  lines = ["| metric | QD-DETR | " + " | ".join(columns) + " |"]
+  lines.append("|---|---|" + "---|" * len(columns))
+  for name, row in metrics.items():
+    cells = [f"{values[name]:.2f}" for values in columns.values()]
     lines.append(f"| {name} | {row['qd_detr']:.2f} | " + " | ".join(cells) + " |")
-  lines.append("")
+  return lines
+
+
+def report_markdown(report: dict) -> str:
+  """The comparison as markdown: the metrics of each protocol, its per-query agreement, and the
+  differences apart (``attribution``) when present."""
+  protocols = report["protocols"]
+  metrics = protocols[PROTOCOLS[0]]["metrics"]
+  ours = {
+      f"port, {p}": {k: v["ours"] for k, v in protocols[p]["metrics"].items()} for p in PROTOCOLS
+  }
+  lines = _metric_table(metrics, ours) + [""]
   for p in PROTOCOLS:
-    q = report["protocols"][p]["queries"]
+    q = protocols[p]["queries"]
     n, same, worst = q["queries"], q["same"], q["max_abs_diff"]
     lines.append(
         f"- {p}: of {n} queries, windows equal {same['windows']} (top-1 {same['top1_window']}), "
         f"scores equal {same['scores']} (largest difference {worst['score']:.4g}), saliency "
         f"equal {same['saliency']} (largest difference {worst['saliency']:.4g})"
     )
-  attribution = report.get("attribution")
-  if attribution:
-    combos = list(attribution)
-    lines += ["", "| metric | QD-DETR | " + " | ".join(combos) + " |"]
-    lines.append("|---|---|" + "---|" * len(combos))
-    for name, row in report["protocols"][PROTOCOLS[0]]["metrics"].items():
-      cells = [f"{attribution[c][name]:.2f}" for c in combos]
-      lines.append(f"| {name} | {row['qd_detr']:.2f} | " + " | ".join(cells) + " |")
+  if report.get("attribution"):
+    lines += [""] + _metric_table(metrics, report["attribution"])
   return "\n".join(lines) + "\n"
 
 

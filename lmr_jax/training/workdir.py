@@ -65,9 +65,12 @@ def _describe(diff: list, path: str) -> str:
   return shown + more
 
 
-def check_matches(config: ml_collections.ConfigDict, workdir: str, purpose: str) -> None:
+def check_matches(
+    config: ml_collections.ConfigDict, workdir: str, purpose: str
+) -> ml_collections.ConfigDict:
   """For ``purpose`` (e.g. "eval.py"): ``config`` may differ from ``{workdir}/config.json`` only in
-  run-control and training-only keys; anything else would score another model on other inputs."""
+  run-control and training-only keys; anything else would score another model on other inputs.
+  Returns the saved config."""
   saved = checkpoint_lib.load_config(workdir)
   diff = differences(saved, config, RUN_CONTROL_KEYS + TRAINING_ONLY_KEYS)
   if diff:
@@ -76,6 +79,7 @@ def check_matches(config: ml_collections.ConfigDict, workdir: str, purpose: str)
         f"{_describe(diff, path)}: {purpose} needs the config the run was trained with (same "
         "--config.x overrides)"
     )
+  return saved
 
 
 def _steps(folder: str) -> tuple[list[str], list[str]]:
