@@ -139,8 +139,10 @@ KEYS: dict[str, Key] = {
         "video_and_captions", MODEL, one_of(DECODER_MEMORY), before_added="video_and_captions"
     ),
     # The clips' sine positions in VQF and the self-attention layers: QD-DETR's code normalised to the
-    # video's length ("normalized"), or DETR's raw clip index ("index", an experiment switch). The
-    # decoder always reads normalised positions (its anchors are fractions of the video).
+    # video's length ("normalized", the real-data configs'), or DETR's raw clip index ("index",
+    # configs/synthetic.py's, where position alone pairs a clip with its caption; docs/fidelity.md,
+    # "Clip positions"). The decoder always reads normalised positions (its anchors are fractions of
+    # the video).
     "model.clip_positions": Key(
         "normalized", MODEL, one_of(CLIP_POSITIONS), before_added="normalized"
     ),

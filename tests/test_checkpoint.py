@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import charades as charades_config
+from configs import qvh as qvh_config
 from configs import synthetic as synthetic_config
 from lmr_jax.data.position import DataPosition
 from lmr_jax.data.pipeline import DataPosition
@@ -157,8 +159,18 @@ def test_config_of_a_run_saved_before_a_key_existed_gets_the_value_it_trained_wi
   assert loaded.model.clip_positions == "normalized"
   assert loaded.eval_protocol == "lmr"
   assert loaded.model.saliency_tokens == "video"
-  # The default is the paper's Eq. 5; `:sum` is the named extension. Variants combine: model
-  # switches and the data's scene strength, which names the data folder.
+
+
+def test_the_synthetic_default_is_the_papers_model_and_its_variants_combine():
+  """Eq. 5 over the video tokens and the decoder reading [x_v; x_t], with DETR's raw-index clip
+  positions where the real-data configs keep QD-DETR's normalised code (docs/fidelity.md, "Clip
+  positions"); `:sum` is the named extension. Variants combine: model switches and the data's scene
+  strength, which names the data folder."""
+  model = synthetic_config.get_config("").model
+  paper = (model.saliency_tokens, model.decoder_memory, model.clip_positions)
+  assert paper == ("video", "video_and_captions", "index")
+  for real_data in (qvh_config, charades_config):
+    assert real_data.get_config("").model.clip_positions == "normalized"
   both = synthetic_config.get_config("sum,scene=0.3")
   assert both.data.synthetic.visual_scene == 0.3 and both.model.saliency_tokens == "sum"
   assert both.data.feat_root == "data/synthetic_scene0.3/features"
