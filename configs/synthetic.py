@@ -81,7 +81,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # The paper does not say how clips are positioned. A caption token shares its clip's position, and
   # on this data that position is the only thing that pairs a clip with its own caption: with
   # QD-DETR's code normalised to the video, neighbouring clips' codes are nearly equal and the paper's
-  # model stays at look-alike chance; with DETR's raw index it reads its captions after 25-35 epochs,
+  # model stays at look-alike chance; with DETR's raw index it reads its captions after 25-35 epochs or more,
   # by the seed (docs/fidelity.md, "Clip positions"; docs/synthetic_benchmark.md).
   config.model.clip_positions = "index"
 
