@@ -9,11 +9,11 @@ r"""LMR on the synthetic context benchmark (the embedded default; CPU, minutes).
 The data (lmr_jax/data/synthetic.py) is written to data/synthetic on first use (data/synthetic_scene{x}
 for the other data variants). Only the captions tell a query's target from its look-alikes.
 Numbers (docs/synthetic_benchmark.md, 2-core CPU, 30 epochs, about 27 minutes of training, val
-R1@0.5; look-alike chance is about 40): the paper's model reaches 93.59 (test 96.86) with the default
-seed and is still at chance with --config.seed=1 (40.39; it leaves chance at epoch 30-35 when trained
-on: 93.04 at epoch 40); the model without captions stays at chance (41.50), the `:sum` extension
-reaches 99.72. The default data is the hard variant, visual features without any scene, where only
-the captions can decide.
+R1@0.5; look-alike chance is about 40): the paper's model reaches 93.59 (test 96.86) with the
+default seed and is still at chance with --config.seed=1 (40.39; it leaves chance at epoch 30-35
+when trained on: 93.04 at epoch 40); the model without captions stays at chance (41.50), the `:sum`
+extension reaches 99.72. The default data is the hard variant, visual features without any scene,
+where only the captions can decide.
 
 The variant after the colon is a comma-separated list (``:sum,scene=0.3``):
   model: "no_captions" -- w/o caption context (the paper's w/o VCE);
@@ -78,11 +78,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.eval_every_epochs = 5
   config.checkpoint_every_steps = 500
 
-  # The paper does not say how clips are positioned. A caption token shares its clip's position, and
-  # on this data that position is the only thing that pairs a clip with its own caption: with
-  # QD-DETR's code normalised to the video, neighbouring clips' codes are nearly equal and the paper's
-  # model stays at look-alike chance; with DETR's raw index it reads its captions after 25-35 epochs or more,
-  # by the seed (docs/fidelity.md, "Clip positions"; docs/synthetic_benchmark.md).
+  # The paper does not say how clips are positioned. A caption token shares its clip's position,
+  # and on this data that position is the only thing that pairs a clip with its own caption: with
+  # QD-DETR's code normalised to the video, neighbouring clips' codes are nearly equal and the
+  # paper's model stays at look-alike chance; with DETR's raw index it reads its captions after
+  # 25-35 epochs or more, by the seed (docs/fidelity.md, "Clip positions";
+  # docs/synthetic_benchmark.md).
   config.model.clip_positions = "index"
 
   config.model.update(model_overrides)

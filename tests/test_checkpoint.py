@@ -166,7 +166,8 @@ def test_the_synthetic_default_is_the_papers_model_and_its_variants_combine():
   positions where the real-data configs keep QD-DETR's normalised code (docs/fidelity.md, "Clip
   positions"); `:sum` is the named extension. Variants combine: model switches and the data's scene
   strength, which names the data folder."""
-  model = synthetic_config.get_config("").model
+  default = synthetic_config.get_config("")
+  model = default.model
   paper = (model.saliency_tokens, model.decoder_memory, model.clip_positions)
   assert paper == ("video", "video_and_captions", "index")
   for real_data in (qvh_config, charades_config):
@@ -174,7 +175,7 @@ def test_the_synthetic_default_is_the_papers_model_and_its_variants_combine():
   both = synthetic_config.get_config("sum,scene=0.3")
   assert both.data.synthetic.visual_scene == 0.3 and both.model.saliency_tokens == "sum"
   assert both.data.feat_root == "data/synthetic_scene0.3/features"
-  assert synthetic_config.get_config("").data.feat_root == "data/synthetic/features"
+  assert default.data.feat_root == "data/synthetic/features"
   for unknown in ("hard", "eq5"):  # Eq. 5 is the default, not a variant
     with pytest.raises(ValueError, match=f"unknown synthetic variant '{unknown}'"):
       synthetic_config.get_config(unknown)
