@@ -133,10 +133,11 @@ KEYS: dict[str, Key] = {
     # token (a named extension, not the paper's: configs/synthetic.py:sum).
     "model.saliency_tokens": Key("video", MODEL, one_of(SALIENCY_TOKENS)),
     # What the decoder reads as keys and values: the video tokens x_v of F_m ("video", the paper's
-    # Sec. III-C) or every context token [x_v; x_t] ("video_and_captions", Sec. III-D's H over
-    # N_v + N_t). docs/fidelity.md, "Decoder memory".
+    # Sec. III-C and QD-DETR's) or every context token [x_v; x_t] ("video_and_captions", Sec.
+    # III-D's H over N_v + N_t). Runs saved before the key read [x_v; x_t]. docs/fidelity.md,
+    # "Decoder memory".
     "model.decoder_memory": Key(
-        "video_and_captions", MODEL, one_of(DECODER_MEMORY), before_added="video_and_captions"
+        "video", MODEL, one_of(DECODER_MEMORY), before_added="video_and_captions"
     ),
     # The clips' sine positions in VQF and the self-attention layers: QD-DETR's code normalised to the
     # video's length ("normalized", the real-data configs'), or DETR's raw clip index ("index",

@@ -162,16 +162,17 @@ def test_config_of_a_run_saved_before_a_key_existed_gets_the_value_it_trained_wi
 
 
 def test_the_synthetic_default_is_the_papers_model_and_its_variants_combine():
-  """Eq. 5 over the video tokens and the decoder reading [x_v; x_t], with DETR's raw-index clip
-  positions where the real-data configs keep QD-DETR's normalised code (docs/fidelity.md, "Clip
+  """Eq. 5 over the video tokens and the decoder reading them (Sec. III-C), with DETR's raw-index
+  clip positions where the real-data configs keep QD-DETR's normalised code (docs/fidelity.md, "Clip
   positions"); `:sum` is the named extension. Variants combine: model switches and the data's scene
   strength, which names the data folder."""
   default = synthetic_config.get_config("")
   model = default.model
   paper = (model.saliency_tokens, model.decoder_memory, model.clip_positions)
-  assert paper == ("video", "video_and_captions", "index")
+  assert paper == ("video", "video", "index")
   for real_data in (qvh_config, charades_config):
-    assert real_data.get_config("").model.clip_positions == "normalized"
+    real_model = real_data.get_config("").model
+    assert (real_model.decoder_memory, real_model.clip_positions) == ("video", "normalized")
   both = synthetic_config.get_config("sum,scene=0.3")
   assert both.data.synthetic.visual_scene == 0.3 and both.model.saliency_tokens == "sum"
   assert both.data.feat_root == "data/synthetic_scene0.3/features"

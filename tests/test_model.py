@@ -382,12 +382,14 @@ def test_bfloat16_compute_stays_close_to_float32(setup):
 
 @pytest.mark.slow
 def test_decoder_memory_video_reads_only_the_video_tokens(setup):
-  """``decoder_memory="video"`` (Sec. III-C): the decoder's keys are the L video tokens of F_m; the
-  saliency (the encoder's output) is the same, the moments are not; with the visual stream off it
-  reads the caption tokens, the only stream."""
+  """``decoder_memory="video"`` (Sec. III-C): the decoder's keys are the L video tokens of F_m,
+  where "video_and_captions" reads all 2L context tokens; the saliency (the encoder's output) is the
+  same, the moments are not; with the visual stream off it reads the caption tokens, the only
+  stream."""
   config, batch = setup
-  params, both = _apply(config.model, batch)
   cfg = config.model.copy_and_resolve_references()
+  cfg.decoder_memory = "video_and_captions"
+  params, both = _apply(cfg, batch)
   cfg.decoder_memory = "video"
   apply = jax.jit(
       lambda p, b: LMR(cfg).apply({"params": p}, b, train=False, mutable=["intermediates"])

@@ -5,8 +5,9 @@ Data flow for a batch (B queries, L clips, T query tokens, D hidden, K moment qu
   caption vectors (BxLxDc) --proj--> VQF(caption-encoder query tokens), same weights --> F~t
   [saliency token; F~v; F~t] --2 self-attention layers--> F_m = [x_s; x_v; x_t]
   saliency S_i = <W_s x_s, W_v x_v^i> / sqrt(D)                                        (Eq. 5)
-  the query sentence x K (content) + K learned anchor spans --2 DAB decoder layers over [x_v; x_t]-->
-  per layer (center, width) and foreground/background logits (model.decoder_memory="video": over x_v)
+  the query sentence x K (content) + K learned anchor spans --2 DAB decoder layers over x_v-->
+  per layer (center, width) and foreground/background logits
+  (model.decoder_memory="video_and_captions": over [x_v; x_t])
 
 With ``use_caption_context=False`` and ``language_queries=False`` this is QD-DETR, parameter for
 parameter (configs/qvh.py:qd_detr; lmr_jax/port/qd_detr.py maps a QD-DETR state_dict onto it).
