@@ -387,18 +387,24 @@ def test_decoder_memory_video_reads_only_the_video_tokens(setup):
   same, the moments are not; with the visual stream off it reads the caption tokens, the only
   stream."""
   config, batch = setup
-  cfg = config.model.copy_and_resolve_references()
-  cfg.decoder_memory = "video_and_captions"
-  params, both = _apply(cfg, batch)
-  cfg.decoder_memory = "video"
-  apply = jax.jit(
-      lambda p, b: LMR(cfg).apply({"params": p}, b, train=False, mutable=["intermediates"])
-  )
-  video, state = apply(params, batch)
+  params, _ = _apply(config.model, batch)
+
+  def outputs_and_keys(memory):
+    cfg = config.model.copy_and_resolve_references()
+    cfg.decoder_memory = memory
+    outputs, state = jax.jit(
+        lambda p, b: LMR(cfg).apply({"params": p}, b, train=False, mutable=["intermediates"])
+    )(params, batch)
+    cross = state["intermediates"]["decoder"]["layers_0"]["cross_attn"]["attention_weights"][0]
+    return outputs, cross.shape[-1]  # (B, heads, K, keys)
+
+  both, both_keys = outputs_and_keys("video_and_captions")
+  video, video_keys = outputs_and_keys("video")
+  assert (video_keys, both_keys) == (config.data.max_clips, 2 * config.data.max_clips)
   np.testing.assert_allclose(both["saliency"], video["saliency"], atol=1e-6)
   assert not np.allclose(both["pred_spans"], video["pred_spans"], atol=1e-4)
-  cross = state["intermediates"]["decoder"]["layers_0"]["cross_attn"]["attention_weights"][0]
-  assert cross.shape[-1] == config.data.max_clips  # (B, heads, K, L): the video tokens only
+  cfg = config.model.copy_and_resolve_references()
+  cfg.decoder_memory = "video"
   cfg.use_visual = False
   _, captions_only = _apply(cfg, batch)
   assert np.isfinite(captions_only["pred_spans"]).all()
