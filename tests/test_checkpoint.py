@@ -19,7 +19,6 @@ from configs import charades as charades_config
 from configs import qvh as qvh_config
 from configs import synthetic as synthetic_config
 from lmr_jax.data.position import DataPosition
-from lmr_jax.data.pipeline import DataPosition
 from lmr_jax.errors import WriteError
 from lmr_jax.training import checkpoint as checkpoint_lib
 
